@@ -1,0 +1,40 @@
+"""Packaging for pythonflow and pythonflow.pfmq."""
+import os
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as fp:
+    LONG_DESCRIPTION = fp.read()
+
+DEMO = ["scipy", "pillow", "tqdm"]
+MSGPACK = ["msgpack>=1.0"]
+IPYPARALLEL = ["ipyparallel>=8"]
+DOCS = ["sphinx>=7"]
+TEST = ["pytest>=7", "pytest-timeout>=2"] + DEMO + MSGPACK + IPYPARALLEL + DOCS
+
+setup(
+    name="pythonflow",
+    version="0.5.0",
+    description="Lazy dataflow graphs and distributed data preparation over ZeroMQ",
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/x-rst",
+    license="Apache-2.0",
+    packages=find_packages(include=["pythonflow", "pythonflow.*"]),
+    python_requires=">=3.9",
+    install_requires=["pyzmq>=22", "numpy"],
+    extras_require={
+        "demo": DEMO,
+        "msgpack": MSGPACK,
+        "ipyparallel": IPYPARALLEL,
+        "docs": DOCS,
+        "test": TEST,
+    },
+    entry_points={"console_scripts": ["pfmq=pythonflow.pfmq.cli:main"]},
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
