@@ -1,0 +1,114 @@
+"""Small pieces shared by the broker, workers and tasks."""
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Optional
+
+import zmq
+
+#: Seconds between heartbeats, and how many may be missed before a peer is presumed dead.
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_LIVENESS = 3
+
+
+def resolve_key(key=None) -> Optional[bytes]:
+    """Return the shared key: ``key`` if given, else the ``PFMQ_KEY`` environment variable."""
+    if key is None:
+        key = os.environ.get("PFMQ_KEY") or None
+    if isinstance(key, str):
+        key = key.encode()
+    return key
+
+
+def dealer(context: zmq.Context, address: str, routing_id: bytes) -> zmq.Socket:
+    """A DEALER socket connected to ``address`` that never blocks a send and never lingers."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(address)
+    return sock
+
+
+def check_address(address: str) -> str:
+    """Raise ``ValueError`` unless ``address`` looks like a ZeroMQ endpoint."""
+    if not isinstance(address, str) or "://" not in address:
+        raise ValueError(f"{address!r} is not a ZeroMQ address such as tcp://127.0.0.1:5555")
+    transport = address.split("://", 1)[0]
+    if transport not in {"tcp", "ipc", "inproc"}:
+        raise ValueError(f"{address!r}: transport must be tcp, ipc or inproc")
+    return address
+
+
+class Wakeup:
+    """Wakes a thread blocked in ``zmq.Poller.poll`` from any other thread.
+
+    A connected pair of OS sockets: :meth:`set` writes a byte, the polling thread watches
+    :attr:`fileno` and calls :meth:`clear`. Several :meth:`set` calls before a :meth:`clear` write
+    one byte, so a busy producer costs one system call per wake-up, not one per event.
+    """
+
+    def __init__(self):
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._pending = False
+        self._lock = threading.Lock()
+
+    def fileno(self) -> int:
+        """The descriptor to poll for reading."""
+        return self._reader.fileno()
+
+    def set(self) -> None:
+        """Wake the polling thread."""
+        with self._lock:
+            if self._pending:
+                return
+            self._pending = True
+        try:
+            self._writer.send(b"\0")
+        except OSError:  # closed: nobody is polling any more
+            pass
+
+    def clear(self) -> None:
+        """Acknowledge wake-ups; call before looking at the state that they announce."""
+        with self._lock:
+            self._pending = False
+        try:
+            while self._reader.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        """Release both sockets."""
+        self._reader.close()
+        self._writer.close()
+
+
+class RateLimitedLogger:
+    """Logs at most one message per ``interval`` seconds per key and counts what it held back.
+
+    Peers that send garbage must not be able to flood the log.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 5.0):
+        self.logger = logger
+        self.interval = interval
+        self._last = {}
+        self._suppressed = {}
+
+    def log(self, level: int, key: str, message: str, *args) -> None:
+        """Log ``message % args`` at ``level`` unless ``key`` was logged within the interval."""
+        now = time.monotonic()
+        if now - self._last.get(key, -self.interval) < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        held_back = self._suppressed.pop(key, 0)
+        if held_back:
+            message += " (%d similar messages suppressed)"
+            args = (*args, held_back)
+        self.logger.log(level, message, *args)

@@ -1,0 +1,222 @@
+"""The pfmq wire protocol: every frame layout, in one place.
+
+Peers
+-----
+Tasks and workers are ZeroMQ ``DEALER`` sockets; the broker has one ``ROUTER`` socket for tasks
+(the *frontend*) and one for workers (the *backend*). Each peer sets a random 16-byte routing id,
+so the broker knows it again after a reconnect (the ROUTER sockets use ``ROUTER_HANDOVER``). The
+routing id is the envelope frame the ROUTER adds on receipt and strips on sending; it is not part
+of the layouts below.
+
+Message layout
+--------------
+Every message is a list of frames::
+
+    [header, *body frames, signature?]
+
+``header`` is ``struct``-packed, network byte order: a version byte (:data:`VERSION`), a kind byte
+(:class:`Kind`) and the fixed fields of that kind (:data:`FIELDS`). A header of the wrong length,
+version or kind is refused with :class:`ProtocolError`; receivers log and drop such messages.
+
+When peers share a key, a 32-byte HMAC-SHA256 signature frame closes every message. It covers
+every other frame, each prefixed with its length, so frames can be neither altered, moved nor
+dropped. Receivers check it in constant time before looking at anything else, and before any
+payload is deserialised.
+
+Kinds
+-----
+======================  ==========================  =============================================
+kind                    fields                      body frames
+======================  ==========================  =============================================
+task -> broker
+SUBMIT                  job                         payload (the serialised list of requests)
+CANCEL                  --                          --
+STATUS                  --                          --
+PING                    ping                        --
+worker -> broker
+READY                   capacity, credit            --
+DONE                    job_id, status, elapsed     task id, payload (serialised outcomes)
+RETURN                  --                          task id, job id (8 bytes), repeated
+BYE                     --                          --
+PING                    ping                        --
+broker -> worker
+JOB                     job                         task id, payload
+REVOKE                  --                          task id
+PONG                    see below                   --
+broker -> task
+RESULT                  job_id, elapsed, capacity   payload (serialised outcomes)
+FAILED                  job_id                      reason (UTF-8)
+STATUS_REPLY            --                          statistics (JSON)
+PONG                    see below                   --
+======================  ==========================  =============================================
+
+``job`` is ``(job_id, first_index, count, has_seed, seed)``: a job carries ``count`` requests,
+the first of which is request number ``first_index`` of its task; ``seed`` (valid when
+``has_seed``) seeds each request's random generators with ``(seed, index)``.
+
+``PONG`` answers a ``PING`` with ``(incarnation, ping, capacity, pending, registered)``: the
+broker's random id for this run, the ping number it answers, the number of request slots of all
+workers, how many jobs of this peer it holds, and whether it knows the peer at all. A task compares
+``pending`` with the jobs it sent before that ping and resends the difference; a worker that is
+not ``registered`` (after a broker restart, or after it was presumed dead) signs up again.
+
+Payloads
+--------
+Payloads are opaque to the broker: it routes them and never deserialises them. A job's payload is
+the list of its requests; a ``DONE``/``RESULT`` payload is the list of their outcomes, in order,
+each one of ``(OK, value)``, ``(ERROR, exception, remote_traceback)`` or
+``(SERIALIZATION_ERROR, message)``. ``DONE`` with status :data:`CANCELLED` has no payload: the
+worker skipped a job whose task was cancelled.
+"""
+import enum
+import hashlib
+import hmac
+import os
+import struct
+from typing import Optional, Sequence
+
+VERSION = 1
+SIGNATURE_SIZE = 32
+ID_SIZE = 16
+
+# Outcome codes inside a result payload.
+OK = 0
+ERROR = 1
+SERIALIZATION_ERROR = 2
+
+# DONE statuses.
+COMPLETED = 0
+CANCELLED = 1
+
+
+class Kind(enum.IntEnum):
+    """Message kinds; the second byte of every header."""
+
+    SUBMIT = 1
+    CANCEL = 2
+    STATUS = 3
+    PING = 4
+    READY = 5
+    DONE = 6
+    RETURN = 7
+    BYE = 8
+    JOB = 9
+    REVOKE = 10
+    PONG = 11
+    RESULT = 12
+    FAILED = 13
+    STATUS_REPLY = 14
+
+
+_JOB = "QQI?q"
+#: The struct format of each kind's fields (after the version and kind bytes).
+FIELDS = {
+    Kind.SUBMIT: _JOB,
+    Kind.CANCEL: "",
+    Kind.STATUS: "",
+    Kind.PING: "I",
+    Kind.READY: "II",
+    Kind.DONE: "QBd",
+    Kind.RETURN: "",
+    Kind.BYE: "",
+    Kind.JOB: _JOB,
+    Kind.REVOKE: "",
+    Kind.PONG: "QIII?",
+    Kind.RESULT: "QdI",
+    Kind.FAILED: "Q",
+    Kind.STATUS_REPLY: "",
+}
+_STRUCTS = {kind: struct.Struct("!BB" + fmt) for kind, fmt in FIELDS.items()}
+_JOB_ID = struct.Struct("!Q")
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol (bad layout, version, kind or signature)."""
+
+
+def new_id() -> bytes:
+    """Return a fresh random routing id."""
+    return os.urandom(ID_SIZE)
+
+
+def pack_job_id(job_id: int) -> bytes:
+    """Pack a job id into the 8-byte frame used by ``RETURN``."""
+    return _JOB_ID.pack(job_id)
+
+
+def unpack_job_id(frame: bytes) -> int:
+    """Unpack an 8-byte job id frame."""
+    if len(frame) != _JOB_ID.size:
+        raise ProtocolError("a job id frame must be 8 bytes")
+    return _JOB_ID.unpack(frame)[0]
+
+
+def _buffer(frame):
+    """The bytes-like content of a frame, whether ``bytes`` or ``zmq.Frame``."""
+    return getattr(frame, "buffer", frame)
+
+
+class Wire:
+    """Packs and unpacks messages, signing and verifying them when a key is set.
+
+    Parameters
+    ----------
+    key : bytes or str, optional
+        Shared secret. With a key every message is signed with HMAC-SHA256 and every message
+        received must carry a valid signature.
+    """
+
+    def __init__(self, key=None):
+        if isinstance(key, str):
+            key = key.encode()
+        if key is not None and not key:
+            raise ValueError("the key must not be empty")
+        self.key: Optional[bytes] = key
+
+    def pack(self, kind: Kind, *fields, body: Sequence = ()) -> list:
+        """Return the frames of a message of ``kind`` with ``fields`` and ``body`` frames."""
+        frames = [_STRUCTS[kind].pack(VERSION, kind, *fields), *body]
+        if self.key is not None:
+            frames.append(self._sign(frames))
+        return frames
+
+    def unpack(self, frames: list):
+        """Return ``(kind, fields, body)`` of a received message.
+
+        ``frames`` may hold ``bytes`` or ``zmq.Frame`` objects; ``body`` holds them as they came.
+
+        Raises
+        ------
+        ProtocolError
+            If the message is malformed, of an unknown version or kind, or not signed correctly.
+        """
+        if self.key is not None:
+            if len(frames) < 2:
+                raise ProtocolError("unsigned message")
+            signature = bytes(_buffer(frames[-1]))
+            frames = frames[:-1]
+            if not hmac.compare_digest(signature, self._sign(frames)):
+                raise ProtocolError("signature mismatch: check the shared key (PFMQ_KEY)")
+        if not frames:
+            raise ProtocolError("empty message")
+        header = bytes(_buffer(frames[0]))
+        if len(header) < 2:
+            raise ProtocolError("header too short")
+        if header[0] != VERSION:
+            raise ProtocolError(f"protocol version {header[0]} is not {VERSION}")
+        try:
+            kind = Kind(header[1])
+        except ValueError:
+            raise ProtocolError(f"unknown message kind {header[1]}") from None
+        layout = _STRUCTS[kind]
+        if len(header) != layout.size:
+            raise ProtocolError(f"{kind.name} header of {len(header)} bytes, not {layout.size}")
+        return kind, layout.unpack(header)[2:], frames[1:]
+
+    def _sign(self, frames) -> bytes:
+        mac = hmac.new(self.key, digestmod=hashlib.sha256)
+        for frame in frames:
+            data = _buffer(frame)
+            mac.update(struct.pack("!Q", memoryview(data).nbytes))
+            mac.update(data)
+        return mac.digest()

@@ -1,0 +1,516 @@
+"""Tasks: send requests to a broker and receive their results.
+
+Data flow::
+
+    requests iterator --> I/O thread --SUBMIT (jobs of one or more requests)--> broker
+                          I/O thread <--RESULT/FAILED/PONG------------------- broker
+                          I/O thread --results, in order--> outbox --> consumer (``for r in task``)
+
+The I/O thread reads the request iterator lazily and keeps about two jobs per worker slot in
+flight, so every worker stays busy; it stops reading while ``cache_size`` results wait for the
+consumer, so memory stays bounded however long (or infinite) the iterator is. Cheap requests are
+batched into larger jobs (sized from the workers' measured time per request) so that per-message
+costs do not dominate.
+
+It pings the broker every heartbeat interval. The broker's answer says how many of the task's
+jobs it holds; jobs the broker has lost (because it restarted, or forgot a task that was silent
+too long) are sent again. Results of jobs answered before are dropped, so the consumer gets each
+result once. With no answer at all for ``timeout * num_retries`` seconds the task raises
+``TimeoutError``.
+"""
+import collections
+import itertools
+import json
+import logging
+import threading
+import time
+import weakref
+from typing import Any, Iterable, Optional
+
+import zmq
+
+from . import protocol
+from .common import (
+    HEARTBEAT_INTERVAL,
+    RateLimitedLogger,
+    Wakeup,
+    check_address,
+    dealer,
+    resolve_key,
+)
+from .protocol import ERROR, OK, SERIALIZATION_ERROR, Kind, ProtocolError
+from .serialization import SerializationError, make_serializer
+
+LOGGER = logging.getLogger(__name__)
+
+# Outcomes made at the task itself, beside those that come from workers.
+_WORKERS_DIED = 10
+_ITERATOR_FAILED = 11
+
+ERRORS = ("raise", "skip", "return")
+
+
+class RemoteError(RuntimeError):
+    """A request failed on a worker; ``traceback`` holds the worker's traceback as text.
+
+    The exception raised by the transformation is re-raised at the consumer with its original
+    type, chained to a ``RemoteError`` (its ``__cause__``).
+    """
+
+    def __init__(self, message: str, traceback: Optional[str] = None):
+        super().__init__(message if traceback is None else f"{message}\n\n{traceback}")
+        self.traceback = traceback
+
+
+class WorkerDiedError(RemoteError):
+    """Every worker that ran a request died while running it."""
+
+
+class _Job:
+    __slots__ = ("first", "count", "frames", "epoch")
+
+    def __init__(self, first, count, frames, epoch):
+        self.first = first
+        self.count = count
+        self.frames = frames
+        self.epoch = epoch  # the number of pings sent before this job was last sent
+
+
+class _Outbox:
+    """Results waiting for the consumer, in delivery order."""
+
+    def __init__(self):
+        self.items = collections.deque()
+        self.changed = threading.Condition()
+        self.closed = False
+        self.error = None
+
+    def put(self, items):
+        with self.changed:
+            self.items.extend(items)
+            self.changed.notify()
+
+    def close(self, error=None):
+        with self.changed:
+            self.closed = True
+            self.error = self.error or error
+            self.changed.notify_all()
+
+    def get(self, timeout=None):
+        """The next ``(index, outcome)``; raises ``StopIteration`` when done."""
+        with self.changed:
+            if not self.items and not self.closed:
+                if not self.changed.wait_for(lambda: self.items or self.closed, timeout):
+                    raise TimeoutError(f"no result within {timeout} s")
+            if self.items:
+                return self.items.popleft()
+            if self.error is not None:
+                raise self.error
+            raise StopIteration
+
+
+class _TaskIO:
+    """The state and loop of a task's communication; runs in its own thread or the caller's.
+
+    It holds no reference to the :class:`Task` so that an abandoned task can be collected.
+    """
+
+    def __init__(self, requests, address, serializer, wire, context, timeout, num_retries,
+                 cache_size, ordered, seed, heartbeat_interval, max_batch, target_job_seconds):
+        self.requests = iter(requests)
+        self.address = address
+        self.serializer = serializer
+        self.wire = wire
+        self.context = context
+        self.timeout = timeout
+        self.num_retries = num_retries
+        self.cache_size = cache_size
+        self.ordered = ordered
+        self.seed = seed
+        self.ping_interval = min(heartbeat_interval, timeout / 3)
+        self.max_batch = max_batch
+        self.target_job_seconds = target_job_seconds
+        self.outbox = _Outbox()
+        self.wakeup = Wakeup()
+        self.cancelled = False
+        self.waiting_for_consumer = False
+        self.log = RateLimitedLogger(LOGGER)
+        self.pending = {}  # job id -> _Job sent and not yet answered
+        self.job_ids = itertools.count()
+        self.next_index = 0  # index of the next request read from the iterator
+        self.exhausted = False
+        self.held = {}  # ordered mode: index -> outcome that arrived ahead of its turn
+        self.next_delivery = 0
+        self.capacity = 0  # request slots of all workers, as the broker last said
+        self.incarnation = None
+        self.seconds_per_request = None
+        self.bytes_per_request = 0
+        self.ping = 0
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self):
+        sock = dealer(self.context, self.address, protocol.new_id())
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self.wakeup, zmq.POLLIN)
+        self.sock = sock
+        next_ping = last_heard = time.monotonic()
+        silent_timeouts = 0
+        try:
+            while not self.cancelled and not self._finished():
+                self._submit_new_jobs()
+                now = time.monotonic()
+                if now >= next_ping:
+                    self.ping += 1
+                    sock.send_multipart(self.wire.pack(Kind.PING, self.ping))
+                    next_ping = now + self.ping_interval
+                events = dict(poller.poll(max(0.0, next_ping - now) * 1000))
+                self.wakeup.clear()
+                if sock in events:
+                    last_heard = time.monotonic()
+                    silent_timeouts = 0
+                    self._drain(sock)
+                elif self.pending and time.monotonic() - last_heard > self.timeout:
+                    silent_timeouts += 1
+                    last_heard = time.monotonic()
+                    if silent_timeouts >= self.num_retries:
+                        raise TimeoutError(f"no answer from the broker at {self.address} for "
+                                           f"{self.timeout * silent_timeouts:.0f} s")
+                    LOGGER.warning("no answer from the broker at %s for %.1f s; still trying",
+                                   self.address, self.timeout)
+            self.outbox.close()
+        except BaseException as exc:
+            self.outbox.close(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            try:  # the broker forgets this task and drops what it still has queued
+                sock.send_multipart(self.wire.pack(Kind.CANCEL), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            sock.close(linger=100)
+            self.wakeup.close()
+
+    def cancel(self):
+        self.cancelled = True
+        self.wakeup.set()
+
+    def _finished(self):
+        return self.exhausted and not self.pending and not self.held
+
+    def _drain(self, sock):
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                kind, fields, body = self.wire.unpack(frames)
+                if kind is Kind.RESULT:
+                    self._on_result(*fields, body)
+                elif kind is Kind.PONG:
+                    self._on_pong(*fields)
+                elif kind is Kind.FAILED:
+                    self._on_failed(fields[0], bytes(body[0].buffer).decode(errors="replace"))
+                else:
+                    raise ProtocolError(f"{kind.name} is not for tasks")
+            except (ProtocolError, IndexError) as exc:
+                self.log.log(logging.WARNING, str(exc), "dropped a message: %s", exc)
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def _submit_new_jobs(self):
+        while not self.exhausted and not self.cancelled:
+            if len(self.outbox.items) + len(self.held) >= self.cache_size:
+                self.waiting_for_consumer = True
+                return
+            self.waiting_for_consumer = False
+            if len(self.pending) >= 2 * max(self.capacity, 1) + 1:
+                return
+            batch = list(itertools.islice(self._read_requests(), self._batch_size()))
+            if batch:
+                self._submit(self.next_index - len(batch), batch)
+
+    def _read_requests(self):
+        while not self.exhausted:
+            try:
+                request = next(self.requests)
+            except StopIteration:
+                self.exhausted = True
+                return
+            except Exception as exc:  # delivered in the failing request's place
+                self.exhausted = True
+                self._deliver([(self.next_index, (_ITERATOR_FAILED, exc))])
+                return
+            self.next_index += 1
+            yield request
+
+    def _batch_size(self):
+        if self.seconds_per_request is None:
+            return 1
+        by_time = self.target_job_seconds / max(self.seconds_per_request, 1e-7)
+        by_size = (1 << 20) / max(self.bytes_per_request, 1)
+        return int(max(1, min(self.max_batch, by_time, by_size)))
+
+    def _submit(self, first, requests):
+        try:
+            frames = self.serializer.encode(requests)
+        except SerializationError as exc:
+            if len(requests) > 1:  # find the culprits; the others still go
+                for offset, request in enumerate(requests):
+                    self._submit(first + offset, [request])
+            else:
+                self._deliver([(first, (SERIALIZATION_ERROR, f"the request cannot be "
+                                                             f"serialised: {exc}"))])
+            return
+        size = sum(memoryview(frame).nbytes for frame in frames)
+        self.bytes_per_request = size / len(requests)
+        job = _Job(first, len(requests), frames, self.ping)
+        job_id = next(self.job_ids)
+        self.pending[job_id] = job
+        self._send_job(job_id, job)
+
+    def _send_job(self, job_id, job):
+        job.epoch = self.ping
+        seed = 0 if self.seed is None else self.seed
+        self.sock.send_multipart(
+            self.wire.pack(Kind.SUBMIT, job_id, job.first, job.count, self.seed is not None, seed,
+                           body=job.frames), copy=False)
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def _on_result(self, job_id, elapsed, capacity, body):
+        self.capacity = capacity
+        job = self.pending.pop(job_id, None)
+        if job is None:
+            return  # answered before, or not ours: each result is delivered once
+        per_request = elapsed / job.count
+        self.seconds_per_request = per_request if self.seconds_per_request is None else (
+            0.8 * self.seconds_per_request + 0.2 * per_request)
+        try:
+            outcomes = self.serializer.decode(body)
+            if not isinstance(outcomes, list) or len(outcomes) != job.count:
+                raise SerializationError(f"expected {job.count} outcomes")
+        except SerializationError as exc:
+            outcomes = [(SERIALIZATION_ERROR, f"the result cannot be read: {exc}")] * job.count
+        self._deliver(list(zip(range(job.first, job.first + job.count), outcomes)))
+
+    def _on_failed(self, job_id, reason):
+        job = self.pending.pop(job_id, None)
+        if job is None:
+            return
+        if job.count == 1:
+            self._deliver([(job.first, (_WORKERS_DIED, reason))])
+            return
+        # One request of the batch may be the culprit: try each on its own.
+        requests = self.serializer.decode(job.frames)
+        for offset, request in enumerate(requests):
+            self._submit(job.first + offset, [request])
+
+    def _on_pong(self, incarnation, ping, capacity, held_by_broker, registered):
+        self.capacity = capacity
+        if self.incarnation not in (None, incarnation):
+            LOGGER.info("the broker at %s restarted", self.address)
+        self.incarnation = incarnation
+        # The broker answered ping number `ping` after reading every job sent before it.
+        sent_before = [(job_id, job) for job_id, job in self.pending.items() if job.epoch < ping]
+        if held_by_broker < len(sent_before):
+            LOGGER.info("the broker lost %d jobs; sending them again",
+                        len(sent_before) - held_by_broker)
+            for job_id, job in sent_before:
+                self._send_job(job_id, job)
+
+    def _deliver(self, results):
+        if not self.ordered:
+            self.outbox.put(results)
+            return
+        self.held.update(results)
+        ready = []
+        while self.next_delivery in self.held:
+            ready.append((self.next_delivery, self.held.pop(self.next_delivery)))
+            self.next_delivery += 1
+        if ready:
+            self.outbox.put(ready)
+
+
+class Task:
+    """Evaluates ``requests`` on a broker's workers; iterate over it for the results.
+
+    Parameters
+    ----------
+    requests : iterable
+        Requests such as ``{'fetches': 'image', 'context': {'filename': f}}``, read lazily.
+    frontend_address : str
+        The broker's frontend address.
+    dumps, loads : callable, optional
+        Replace pickle; must match the workers'.
+    start : bool
+        Start sending right away.
+    timeout : float
+        Seconds without any word from the broker before a retry is counted. A transformation
+        that runs longer is fine: the broker answers heartbeats meanwhile.
+    num_retries : int
+        Silent timeouts before ``TimeoutError``.
+    cache_size : int
+        Results held for the consumer before the task stops reading requests.
+    ordered : bool
+        Yield results in request order; else as they complete.
+    errors : {'raise', 'skip', 'return'}
+        What a failed request gives: its exception is raised, logged and skipped, or yielded.
+    seed : int, optional
+        Seed Python's and numpy's global generators for request ``i`` from ``(seed, i)`` on the
+        worker, so results do not depend on which worker ran what.
+    key : bytes or str, optional
+        Shared key for signed messages; defaults to ``PFMQ_KEY``.
+    serializer : Serializer or str, optional
+        Instead of ``dumps``/``loads``.
+    heartbeat_interval : float
+        Seconds between pings to the broker.
+    max_batch : int
+        Most requests sent in one job.
+    context : zmq.Context, optional
+        Defaults to the process-wide instance.
+    """
+
+    def __init__(self, requests: Iterable, frontend_address: str, dumps=None, loads=None,
+                 start: bool = True, timeout: float = 10, num_retries: int = 3,
+                 cache_size: int = 64, ordered: bool = True, *, errors: str = "raise",
+                 seed: Optional[int] = None, key=None, serializer=None,
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL, max_batch: int = 256,
+                 target_job_seconds: float = 0.005, context: Optional[zmq.Context] = None):
+        if errors not in ERRORS:
+            raise ValueError(f"errors must be one of {ERRORS}, not {errors!r}")
+        if cache_size < 1:
+            raise ValueError("cache_size must be at least 1")
+        if seed is not None and not 0 <= seed < 1 << 63:
+            raise ValueError("seed must be an integer in [0, 2**63)")
+        self.requests = requests
+        self.errors = errors
+        self._io = _TaskIO(
+            requests, check_address(frontend_address), make_serializer(dumps, loads, serializer),
+            protocol.Wire(resolve_key(key)), context or zmq.Context.instance(), timeout,
+            num_retries, cache_size, ordered, seed, heartbeat_interval, max_batch,
+            target_job_seconds)
+        self._thread = None
+        self._finalizer = weakref.finalize(self, _TaskIO.cancel, self._io)
+        if start:
+            self.run_async()
+
+    def run_async(self) -> "Task":
+        """Start sending requests in a background thread."""
+        if self._thread is not None:
+            raise RuntimeError("the task was started already")
+        self._thread = threading.Thread(target=self._io.run, name="pfmq-task", daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self) -> None:
+        """Send every request and collect every result in the calling thread.
+
+        The results are then read without waiting; used by :func:`apply`.
+        """
+        if self._thread is not None:
+            raise RuntimeError("the task was started already")
+        self._thread = threading.current_thread()
+        self._io.run()
+
+    @property
+    def is_alive(self) -> bool:
+        """Whether the task is still sending or receiving."""
+        return self._thread is not None and self._thread.is_alive() and not self._io.outbox.closed
+
+    def cancel(self, timeout: Optional[float] = None) -> None:
+        """Stop; the broker drops this task's queued requests."""
+        self._io.cancel()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._io.outbox.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.cancel()
+
+    def __len__(self) -> int:
+        try:
+            return len(self.requests)
+        except TypeError:
+            raise TypeError("the requests of this task have no length") from None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Any:
+        return self._next(None)
+
+    def iter_results(self, timeout: Optional[float] = None):
+        """Yield results, waiting at most ``timeout`` seconds for each (``TimeoutError``)."""
+        while True:
+            try:
+                yield self._next(timeout)
+            except StopIteration:
+                return
+
+    def _next(self, timeout):
+        if self._thread is None:
+            raise RuntimeError("the task was not started: call run_async() or pass start=True")
+        while True:
+            index, outcome = self._io.outbox.get(timeout)
+            if self._io.waiting_for_consumer:
+                self._io.wakeup.set()
+            if outcome[0] == OK:
+                return outcome[1]
+            error = _exception(index, outcome)
+            if self.errors == "raise" or outcome[0] == _ITERATOR_FAILED:
+                raise error
+            if self.errors == "return":
+                return error
+            LOGGER.warning("skipping request %d: %s: %s", index, type(error).__name__, error)
+
+
+def _exception(index, outcome):
+    """The exception a failed request's outcome stands for."""
+    code = outcome[0]
+    if code == ERROR:
+        original, remote_traceback = outcome[1], outcome[2]
+        remote = RemoteError(f"request {index} failed on a worker", remote_traceback)
+        if original is None:
+            return remote
+        original.__cause__ = remote
+        original.__suppress_context__ = True
+        return original
+    if code == SERIALIZATION_ERROR:
+        return SerializationError(f"request {index}: {outcome[1]}")
+    if code == _WORKERS_DIED:
+        return WorkerDiedError(f"request {index} failed: {outcome[1]}")
+    if code == _ITERATOR_FAILED:
+        return outcome[1]
+    return RemoteError(f"request {index}: unknown outcome {code!r}")
+
+
+def apply(request, frontend_address: str, **task_options) -> Any:
+    """Evaluate one request on a worker and return its result, in the calling thread."""
+    task_options["start"] = False
+    task = Task([request], frontend_address, **task_options)
+    task.run()
+    return next(task)
+
+
+def query_status(frontend_address: str, key=None, timeout: float = 5.0,
+                 context: Optional[zmq.Context] = None) -> dict:
+    """Ask the broker at ``frontend_address`` for its statistics (see ``Broker.stats``)."""
+    wire = protocol.Wire(resolve_key(key))
+    sock = dealer(context or zmq.Context.instance(), check_address(frontend_address),
+                  protocol.new_id())
+    try:
+        sock.send_multipart(wire.pack(Kind.STATUS))
+        if not sock.poll(timeout * 1000):
+            raise TimeoutError(f"no answer from the broker at {frontend_address} in {timeout} s")
+        kind, _, body = wire.unpack(sock.recv_multipart())
+        if kind is not Kind.STATUS_REPLY or len(body) != 1:
+            raise ProtocolError(f"unexpected answer {kind.name} to a status query")
+        return json.loads(body[0])
+    finally:
+        sock.close(linger=0)
