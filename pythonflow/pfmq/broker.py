@@ -450,7 +450,9 @@ class Broker:
                            worker.id.hex()[:8], self.heartbeat_liveness, len(worker.jobs))
             self.counters["workers_lost"] += 1
             self._remove_worker(worker, died=True)
-        for task in [t for t in self.tasks.values() if t.last_seen < deadline]:
+        # Tasks may ping at their own (default) interval, so they get at least the default grace.
+        task_deadline = min(deadline, self.now - HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS)
+        for task in [t for t in self.tasks.values() if t.last_seen < task_deadline]:
             LOGGER.info("task %s went silent; forgetting its %d jobs",
                         task.id.hex()[:8], len(task.pending))
             self._forget_task(task)

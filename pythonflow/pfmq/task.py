@@ -22,6 +22,7 @@ import collections
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 import weakref
@@ -131,7 +132,7 @@ class _TaskIO:
         self.max_batch = max_batch
         self.target_job_seconds = target_job_seconds
         self.outbox = _Outbox()
-        self.wakeup = Wakeup()
+        self.wakeup = None  # set when a consumer in another thread must be able to wake us
         self.cancelled = False
         self.waiting_for_consumer = False
         self.log = RateLimitedLogger(LOGGER)
@@ -149,13 +150,22 @@ class _TaskIO:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def run(self):
-        sock = dealer(self.context, self.address, protocol.new_id())
+    def run(self, sock=None):
+        """Send and receive until every result is in the outbox, or cancelled.
+
+        ``sock`` is a connected DEALER to reuse (see :func:`apply`); it is left open when the task
+        ends normally, so the caller owns it.
+        """
+        own_socket = sock is None
+        if own_socket:
+            sock = dealer(self.context, self.address, protocol.new_id())
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self.wakeup, zmq.POLLIN)
+        if self.wakeup is not None:
+            poller.register(self.wakeup, zmq.POLLIN)
         self.sock = sock
-        next_ping = last_heard = time.monotonic()
+        last_heard = time.monotonic()
+        next_ping = last_heard + self.ping_interval
         silent_timeouts = 0
         try:
             while not self.cancelled and not self._finished():
@@ -166,7 +176,8 @@ class _TaskIO:
                     sock.send_multipart(self.wire.pack(Kind.PING, self.ping))
                     next_ping = now + self.ping_interval
                 events = dict(poller.poll(max(0.0, next_ping - now) * 1000))
-                self.wakeup.clear()
+                if self.wakeup is not None:
+                    self.wakeup.clear()
                 if sock in events:
                     last_heard = time.monotonic()
                     silent_timeouts = 0
@@ -182,19 +193,23 @@ class _TaskIO:
             self.outbox.close()
         except BaseException as exc:
             self.outbox.close(exc)
+            own_socket = True  # its state is unknown now: close it
             if not isinstance(exc, Exception):
                 raise
         finally:
-            try:  # the broker forgets this task and drops what it still has queued
-                sock.send_multipart(self.wire.pack(Kind.CANCEL), zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-            sock.close(linger=100)
-            self.wakeup.close()
+            if own_socket:
+                try:  # the broker forgets this task and drops what it still has queued
+                    sock.send_multipart(self.wire.pack(Kind.CANCEL), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+                sock.close(linger=100)
+            if self.wakeup is not None:
+                self.wakeup.close()
 
     def cancel(self):
         self.cancelled = True
-        self.wakeup.set()
+        if self.wakeup is not None:
+            self.wakeup.set()
 
     def _finished(self):
         return self.exhausted and not self.pending and not self.held
@@ -401,6 +416,7 @@ class Task:
         """Start sending requests in a background thread."""
         if self._thread is not None:
             raise RuntimeError("the task was started already")
+        self._io.wakeup = Wakeup()
         self._thread = threading.Thread(target=self._io.run, name="pfmq-task", daemon=True)
         self._thread.start()
         return self
@@ -408,7 +424,7 @@ class Task:
     def run(self) -> None:
         """Send every request and collect every result in the calling thread.
 
-        The results are then read without waiting; used by :func:`apply`.
+        Iterating over the task afterwards reads the results without waiting.
         """
         if self._thread is not None:
             raise RuntimeError("the task was started already")
@@ -458,7 +474,7 @@ class Task:
             raise RuntimeError("the task was not started: call run_async() or pass start=True")
         while True:
             index, outcome = self._io.outbox.get(timeout)
-            if self._io.waiting_for_consumer:
+            if self._io.waiting_for_consumer and self._io.wakeup is not None:
                 self._io.wakeup.set()
             if outcome[0] == OK:
                 return outcome[1]
@@ -490,11 +506,29 @@ def _exception(index, outcome):
     return RemoteError(f"request {index}: unknown outcome {code!r}")
 
 
+_apply_sockets = threading.local()
+
+
 def apply(request, frontend_address: str, **task_options) -> Any:
-    """Evaluate one request on a worker and return its result, in the calling thread."""
+    """Evaluate one request on a worker and return its result.
+
+    It runs in the calling thread on a connection kept per thread and address, so a loop of
+    ``apply`` calls costs one round trip each and no set-up.
+    """
     task_options["start"] = False
     task = Task([request], frontend_address, **task_options)
-    task.run()
+    io = task._io
+    cache = _apply_sockets.__dict__.setdefault(os.getpid(), {})
+    key = (id(io.context), io.address, io.wire.key)
+    if key not in cache:
+        cache[key] = (dealer(io.context, io.address, protocol.new_id()), itertools.count())
+    sock, io.job_ids = cache[key]
+    task._thread = threading.current_thread()
+    try:
+        io.run(sock)
+    finally:
+        if io.outbox.error is not None or sock.closed:
+            cache.pop(key, None)
     return next(task)
 
 
