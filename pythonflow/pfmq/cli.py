@@ -1,0 +1,281 @@
+"""The ``pfmq`` command: run a broker, workers, query a broker, run the demo or the benchmarks.
+
+Every command has ``--help``. Mistakes in the command line (an unknown option, an address that
+does not parse, a port in use, a graph reference that does not import) end the command with a
+one-line message on stderr and a non-zero exit status.
+"""
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from typing import List, Optional
+
+import zmq
+
+from . import launch
+from .common import check_address
+
+LOGGER = logging.getLogger(__name__)
+DEFAULT_FRONTEND = "tcp://127.0.0.1:5556"
+DEFAULT_BACKEND = "tcp://127.0.0.1:5555"
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+class UsageError(Exception):
+    """A mistake of the user, reported in one line without a traceback."""
+
+
+class _Stopped(Exception):
+    """Raised by the SIGINT/SIGTERM handler to leave a blocking wait."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line instead of the usage block: the user asked for something we do not know.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _check_connect_address(address: str) -> str:
+    """Raise ``UsageError`` unless ZeroMQ can connect a socket to ``address``."""
+    try:
+        check_address(address)
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        try:
+            sock.connect(address)
+        finally:
+            sock.close(linger=0)
+    except (ValueError, zmq.ZMQError) as exc:
+        raise UsageError(f"invalid address {address!r}: {exc}") from None
+    return address
+
+
+class _DropStartupFailure(logging.Filter):
+    """Drops the broker thread's traceback for a failed bind: it is reported in one line."""
+
+    def filter(self, record):
+        return record.getMessage() != "broker stopped"
+
+
+def _stop_on_signals():
+    def handler(signum, frame):
+        # A second signal while stopping takes the default action (terminate now).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise _Stopped(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def run_broker(args) -> int:
+    """``pfmq broker``: serve until SIGINT/SIGTERM."""
+    from .broker import Broker
+
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    quiet = _DropStartupFailure()
+    logging.getLogger("pythonflow.pfmq.broker").addFilter(quiet)
+    try:
+        broker = Broker(args.backend, args.frontend, heartbeat_interval=args.heartbeat_interval)
+        broker.run_async()
+    except OSError as exc:
+        raise UsageError(exc.strerror or str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        logging.getLogger("pythonflow.pfmq.broker").removeFilter(quiet)
+    _stop_on_signals()
+    try:
+        while broker.is_alive:  # the signal handler interrupts the sleep
+            time.sleep(1.0)
+    except _Stopped as stop:
+        LOGGER.info("stopping the broker (%s)", stop)
+    finally:
+        broker.cancel(timeout=5.0)
+    return 0
+
+
+def run_worker(args) -> int:
+    """``pfmq worker``: serve a graph in one or more processes until SIGINT/SIGTERM."""
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    _check_connect_address(args.address)
+    if args.processes < 1 or args.prefetch < 0:
+        raise UsageError("--processes must be at least 1 and --prefetch at least 0")
+    try:
+        spec = launch.pack_target(args.reference)
+    except Exception as exc:  # whatever importing the user's module raised
+        raise UsageError(f"cannot load {args.reference!r}: {exc}") from None
+    options = {"prefetch": args.prefetch, "timeout": args.timeout,
+               "num_retries": args.num_retries, "heartbeat_interval": args.heartbeat_interval}
+    if args.serializer:
+        options["serializer"] = args.serializer
+    LOGGER.info("serving %s for the broker at %s in %d process(es)", args.reference, args.address,
+                args.processes)
+    if args.processes == 1:
+        return launch.serve(spec, args.address, options, args.log_level)
+    from multiprocessing.connection import wait
+
+    _stop_on_signals()
+    processes = launch.start_processes(spec, args.address, args.processes, options,
+                                       args.log_level)
+    try:
+        running = list(processes)
+        while running:  # until every process ended on its own, or a signal
+            wait([p.sentinel for p in running])
+            running = [p for p in running if p.exitcode is None]
+    except _Stopped as stop:
+        LOGGER.info("stopping %d worker processes (%s)", len(processes), stop)
+    finally:
+        launch.stop_processes(processes)
+    return 0 if all(p.exitcode == 0 for p in processes) else 1
+
+
+def format_status(stats: dict, address: str) -> str:
+    """Human-readable broker statistics, as printed by ``pfmq status``."""
+    lines = [f"broker at {address}"]
+    for label, name in [("workers", "workers"), ("capacity", "capacity"), ("tasks", "tasks"),
+                        ("queued", "queued"), ("in flight", "in_flight"),
+                        ("completed", "completed"), ("requeued", "requeued"),
+                        ("failed", "failed"), ("cancelled", "cancelled"),
+                        ("workers lost", "workers_lost")]:
+        if name in stats:
+            lines.append(f"  {label:<13}{stats[name]}")
+    per_worker = stats.get("per_worker") or {}
+    if per_worker:
+        lines.append("  per worker:")
+    for worker_id, figures in sorted(per_worker.items()):
+        lines.append(f"    {worker_id[:8]}  completed {figures.get('completed', 0)}  "
+                     f"in flight {figures.get('in_flight', 0)}  "
+                     f"capacity {figures.get('capacity', 0)}")
+    return "\n".join(lines)
+
+
+def run_status(args) -> int:
+    """``pfmq status``: print a broker's statistics."""
+    from .task import query_status
+
+    _check_connect_address(args.frontend)
+    try:
+        stats = query_status(args.frontend, timeout=args.timeout)
+    except TimeoutError as exc:
+        raise UsageError(f"{exc} (is a broker running there? is PFMQ_KEY the same?)") from None
+    print(json.dumps(stats, indent=2) if args.json else format_status(stats, args.frontend))
+    return 0
+
+
+def run_demo(args) -> int:
+    """``pfmq demo``: the image transformation pipeline on a local cluster."""
+    from . import demo
+
+    if args.images < 1 or (args.workers is not None and args.workers < 1):
+        raise UsageError("--images and --workers must be at least 1")
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    return demo.run(images=args.images, workers=args.workers, output=args.output)
+
+
+def run_bench(argv: List[str]) -> int:
+    """``pfmq bench``: hand the arguments to the benchmark suite."""
+    try:
+        from . import benchmark
+    except ImportError as exc:
+        raise UsageError(f"the benchmark suite is not available: {exc}") from None
+    return benchmark.main(argv) or 0
+
+
+# -- argument parsing -----------------------------------------------------------------------------
+
+
+def _log_level(name: str) -> int:
+    level = logging.getLevelName(name.upper())
+    if not isinstance(level, int):
+        raise argparse.ArgumentTypeError(f"unknown log level {name!r}")
+    return level
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``pfmq`` command line."""
+    parser = _Parser(prog="pfmq", description="Distributed evaluation of pythonflow graphs over "
+                     "ZeroMQ. Set PFMQ_KEY to the same secret everywhere to sign all messages.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    broker = commands.add_parser("broker", help="run a broker",
+                                 description="Run a broker between tasks and workers until "
+                                 "SIGINT or SIGTERM; logs workers joining and leaving.")
+    broker.add_argument("--frontend", default=DEFAULT_FRONTEND,
+                        help="address tasks connect to (default: %(default)s)")
+    broker.add_argument("--backend", default=DEFAULT_BACKEND,
+                        help="address workers connect to (default: %(default)s)")
+
+    worker = commands.add_parser("worker", help="run workers serving a graph",
+                                 description="Run worker processes evaluating requests with a "
+                                 "graph until SIGINT or SIGTERM.")
+    worker.add_argument("reference", help="the graph, as package.module:graph (or a function "
+                        "without arguments returning it)")
+    worker.add_argument("--address", default=DEFAULT_BACKEND,
+                        help="the broker's backend address (default: %(default)s)")
+    worker.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="worker processes to run (default: %(default)s)")
+    worker.add_argument("--prefetch", type=int, default=1, metavar="K",
+                        help="requests each worker holds ready (default: %(default)s)")
+    worker.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="seconds without a word from the broker before a retry is counted "
+                        "(default: %(default)s)")
+    worker.add_argument("--num-retries", type=int, default=None, metavar="N",
+                        help="give up after N silent timeouts (default: wait for the broker)")
+    worker.add_argument("--serializer", default=None,
+                        help="serializer name, e.g. msgpack (default: pickle)")
+
+    for sub in (broker, worker):
+        sub.add_argument("--heartbeat-interval", type=float, default=1.0, metavar="SECONDS",
+                         help="seconds between heartbeats (default: %(default)s)")
+        sub.add_argument("--log-level", type=_log_level, default=logging.INFO, metavar="LEVEL",
+                         help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+
+    status = commands.add_parser("status", help="print a broker's statistics",
+                                 description="Print a broker's statistics: workers, queued and "
+                                 "in-flight requests, completed requests, per-worker counts.")
+    status.add_argument("--frontend", default=DEFAULT_FRONTEND,
+                        help="the broker's frontend address (default: %(default)s)")
+    status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="seconds to wait for an answer (default: %(default)s)")
+    status.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    demo = commands.add_parser("demo", help="run the image transformation demo",
+                               description="Run the image transformation pipeline on a local "
+                               "cluster, print throughput for one worker and for all workers, "
+                               "and write a picture of original, noisy and rotated images.")
+    demo.add_argument("--images", type=int, default=64, metavar="N",
+                      help="images to transform (default: %(default)s)")
+    demo.add_argument("--workers", type=int, default=None, metavar="N",
+                      help="worker processes (default: the number of CPUs)")
+    demo.add_argument("--output", default="pfmq-demo.png", metavar="PATH",
+                      help="where to write the picture (default: %(default)s)")
+
+    commands.add_parser("bench", help="run the benchmark suite (pfmq bench --help for its "
+                        "options)", add_help=False)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the ``pfmq`` command line; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["bench"]:  # the suite parses its own options, --help included
+            return run_bench(argv[1:])
+        args = build_parser().parse_args(argv)
+        return {"broker": run_broker, "worker": run_worker, "status": run_status,
+                "demo": run_demo}[args.command](args)
+    except UsageError as exc:
+        command = f"pfmq {argv[0]}" if argv else "pfmq"
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, _Stopped):
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Starting and stopping worker processes on this machine.
+
+Shared by :class:`~pythonflow.pfmq.LocalCluster`, ``pfmq worker --processes N`` and the
+ipyparallel launcher. What a worker evaluates is given either as a graph object, which travels to
+the worker process by pickle, or as an importable reference ``"package.module:name"``, which the
+worker process imports itself. The name may refer to
+
+* a :class:`pythonflow.Graph`: requests are evaluated with it (see
+  :class:`~pythonflow.pfmq.GraphTarget`);
+* a function taking no arguments that returns a graph (or a callable target), called once in each
+  worker process, which is handy for graphs that are expensive to build or do not pickle;
+* any other callable: it is called with each request, as with :class:`~pythonflow.pfmq.Worker`.
+
+Worker processes are started with the ``spawn`` method of :mod:`multiprocessing`: a fresh
+interpreter that inherits no threads, sockets or locks of the parent (forking a process that runs
+ZeroMQ threads is unsafe).
+"""
+import importlib
+import inspect
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+LOGGER = logging.getLogger(__name__)
+
+#: What travels to a worker process: ``("reference", "package.module:name")`` or
+#: ``("pickle", bytes)``.
+TargetSpec = Tuple[str, Any]
+
+
+def load_reference(reference: str) -> Any:
+    """Import the object named by ``"package.module:name"`` (the name may be dotted).
+
+    Raises
+    ------
+    ValueError
+        If ``reference`` does not have the form ``package.module:name``.
+    ImportError
+        If the module cannot be imported or has no such attribute.
+    """
+    module_name, sep, attribute = str(reference).partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"{reference!r} is not a reference of the form package.module:graph")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"cannot import {module_name!r} for {reference!r}: {exc}") from exc
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    return obj
+
+
+def _is_graph(obj) -> bool:
+    try:
+        from pythonflow import Graph
+    except ImportError:  # pragma: no cover - the graph core is part of the package
+        return False
+    return isinstance(obj, Graph)
+
+
+def _takes_no_arguments(obj) -> bool:
+    if inspect.isclass(obj):
+        return False
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               for p in signature.parameters.values())
+
+
+def make_target(obj: Any, origin: str = "the target") -> Callable[[Any], Any]:
+    """Return the callable a worker evaluates requests with (see the module docstring)."""
+    from .worker import GraphTarget
+
+    if _is_graph(obj):
+        return GraphTarget(obj)
+    if callable(obj) and _takes_no_arguments(obj):
+        built = obj()
+        if _is_graph(built):
+            return GraphTarget(built)
+        if callable(built):
+            return built
+        raise TypeError(f"{origin} returned {type(built).__name__}, not a graph or a callable")
+    if callable(obj):
+        return obj
+    raise TypeError(f"{origin} is a {type(obj).__name__}, not a pythonflow graph or a callable")
+
+
+def pack_target(graph_or_reference: Any) -> TargetSpec:
+    """Check what workers should evaluate and prepare it for the journey to a worker process.
+
+    A reference is imported here once, so that a mistake shows up in the caller's process with a
+    clear message instead of in every worker process.
+    """
+    if isinstance(graph_or_reference, str):
+        obj = load_reference(graph_or_reference)
+        if not callable(obj):  # graphs are callable; a factory is only called by the workers
+            raise TypeError(f"{graph_or_reference!r} is a {type(obj).__name__}, not a pythonflow "
+                            "graph, a function returning one or a callable")
+        return ("reference", graph_or_reference)
+    if not callable(graph_or_reference):  # graphs are callable too
+        raise TypeError(f"expected a pythonflow graph, a callable or a 'package.module:graph' "
+                        f"reference, not {type(graph_or_reference).__name__}")
+    try:
+        return ("pickle", pickle.dumps(graph_or_reference, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception as exc:
+        raise TypeError(f"the graph cannot be pickled ({exc}); pass an importable "
+                        "'package.module:graph' reference instead") from exc
+
+
+def unpack_target(spec: TargetSpec) -> Callable[[Any], Any]:
+    """The worker side of :func:`pack_target`."""
+    kind, value = spec
+    if kind == "reference":
+        return make_target(load_reference(value), repr(value))
+    if kind == "pickle":
+        return make_target(pickle.loads(value))
+    raise ValueError(f"unknown target kind {kind!r}")
+
+
+def serve(spec: TargetSpec, address: str, worker_options: Optional[dict] = None,
+          log_level: int = logging.WARNING, watch_parent: bool = False) -> int:
+    """Run one worker in this process until SIGINT/SIGTERM (or until its parent exits).
+
+    Returns the exit status for the process: 0 after a requested stop, 1 after an error, which
+    is reported in one line on stderr.
+    """
+    from .worker import Worker
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=log_level,
+                            format="%(asctime)s pfmq worker %(process)d %(levelname)s %(message)s")
+    try:
+        worker = Worker(unpack_target(spec), address, **(worker_options or {}))
+    except Exception as exc:
+        print(f"pfmq worker: error: {exc}", file=sys.stderr)
+        return 1
+
+    def stop(*_):
+        # Do not wait here: the signal may interrupt a request that the worker still delivers.
+        worker.cancel(timeout=0)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    if watch_parent:
+        parent = multiprocessing.parent_process()
+        if parent is not None:  # a worker must not outlive the process that started it
+            threading.Thread(target=lambda: (parent.join(), stop()), daemon=True,
+                             name="pfmq-parent-watch").start()
+    try:
+        worker.run()
+    except Exception as exc:
+        print(f"pfmq worker: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _process_main(spec, address, worker_options, log_level):
+    sys.exit(serve(spec, address, worker_options, log_level, watch_parent=True))
+
+
+def start_processes(spec: TargetSpec, address: str, num: int,
+                    worker_options: Optional[dict] = None,
+                    log_level: int = logging.WARNING) -> List[multiprocessing.Process]:
+    """Start ``num`` worker processes serving ``spec`` for the broker at ``address``.
+
+    The processes are daemonic, so they are also ended when this interpreter exits without
+    stopping them.
+    """
+    context = multiprocessing.get_context("spawn")
+    processes = []
+    try:
+        for index in range(num):
+            process = context.Process(target=_process_main, name=f"pfmq-worker-{index}",
+                                      args=(spec, address, worker_options, log_level),
+                                      daemon=True)
+            process.start()
+            processes.append(process)
+    except BaseException:
+        stop_processes(processes, timeout=1.0)
+        raise
+    LOGGER.debug("started worker processes %s", [p.pid for p in processes])
+    return processes
+
+
+def stop_processes(processes: Sequence[multiprocessing.Process], timeout: float = 5.0) -> None:
+    """Ask processes to stop (SIGTERM), wait up to ``timeout`` seconds, then kill what is left.
+
+    A second interrupt while waiting still kills every process before it propagates.
+    """
+    try:
+        for process in processes:
+            if process.pid is not None and process.exitcode is None:
+                process.terminate()
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            if process.pid is not None:
+                process.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        for process in processes:
+            if process.pid is not None and process.exitcode is None:
+                LOGGER.warning("worker process %d did not stop in time; killing it", process.pid)
+                process.kill()
+                process.join(timeout)
+
+
+def wait_for_workers(broker, count: int, processes: Sequence[multiprocessing.Process] = (),
+                     timeout: float = 60.0) -> None:
+    """Wait until ``count`` workers have registered with ``broker``.
+
+    Raises
+    ------
+    RuntimeError
+        If one of ``processes`` exits in the meantime.
+    TimeoutError
+        If they have not all registered within ``timeout`` seconds.
+    """
+    from multiprocessing.connection import wait
+
+    deadline = time.monotonic() + timeout
+    while True:
+        registered = broker.stats()["workers"]
+        if registered >= count:
+            return
+        dead = [p for p in processes if p.exitcode is not None]
+        if dead:
+            raise RuntimeError(f"{len(dead)} of {len(processes)} worker processes exited during "
+                               f"start-up (exit code {dead[0].exitcode}); see their messages above")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"only {registered} of {count} workers registered with the broker "
+                               f"at {broker.backend_address} within {timeout:g} s")
+        # Returns early when a process dies.
+        wait([p.sentinel for p in processes], timeout=min(0.05, remaining))
+        if not processes:
+            time.sleep(min(0.05, remaining))
+
+
+def default_num_workers() -> int:
+    """The number of CPUs this process may use."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
