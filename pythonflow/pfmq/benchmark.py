@@ -438,7 +438,7 @@ def w3_scaling(mp_context, sizes: dict, use_graph: bool) -> List[Row]:
         value = efficiency["pfmq", workers]
         others = [("raw pyzmq pipeline", efficiency["raw", workers]),
                   ("Pool.imap chunksize=1", efficiency["pool", workers])]
-        rows += _compare("W3", f"efficiency, {workers} workers", value, others)
+        rows += _compare("W3", f"efficiency, workers={workers}", value, others)
         rows[-2].target, rows[-2].met = "pfmq >= 0.97", value >= 0.97
     return rows
 
@@ -588,7 +588,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings, rows = results["settings"], results["rows"]
     print(f"pfmq benchmark ({settings['mode']}): {settings['cpus']} CPUs, "
           f"Python {settings['python']}, pyzmq {settings['pyzmq']}, libzmq {settings['libzmq']}")
-    print(f"W1 pfmq workers evaluate a {settings['w1_target']}")
+    print(f"the pfmq workers of W1 evaluate a {settings['w1_target']}")
     print(format_table(rows))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
