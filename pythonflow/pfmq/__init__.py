@@ -5,6 +5,7 @@ hands requests from :class:`Task` objects (``broker.apply``, ``broker.imap``) to
 processes and routes the results back. See :mod:`pythonflow.pfmq.protocol` for the wire format.
 """
 from .broker import Broker
+from .cluster import LocalCluster as LocalCluster
 from .serialization import PickleSerializer, SerializationError, Serializer
 from .task import RemoteError, Task, WorkerDiedError, apply, query_status
 from .worker import GraphTarget, Worker

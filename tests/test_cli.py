@@ -1,0 +1,223 @@
+"""The pfmq command end to end: broker, worker and status in subprocesses, bad input, the demo."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import pythonflow as pf
+from pythonflow import pfmq
+
+pytestmark = pytest.mark.timeout(90)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Served by `pfmq worker test_cli:GRAPH` in the tests below.
+with pf.Graph() as GRAPH:
+    _x = pf.placeholder("x")
+    (_x * 10).set_name("y")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def environment():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, env.get("PYTHONPATH")]))
+    env.pop("PFMQ_KEY", None)
+    return env
+
+
+def pfmq_command(*args, timeout=30):
+    """Run ``pfmq ARGS`` to completion; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "pythonflow.pfmq", *args], env=environment(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """Start ``pfmq ARGS`` in the background; every process is ended by its PID afterwards."""
+    started = []
+
+    def start(*args):
+        log = open(tmp_path / f"log{len(started)}.txt", "w+")
+        process = subprocess.Popen([sys.executable, "-m", "pythonflow.pfmq", *args],
+                                   env=environment(), stdout=log, stderr=subprocess.STDOUT)
+        process.log = log
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        try:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        finally:
+            process.log.close()
+
+
+def output(process):
+    process.log.flush()
+    process.log.seek(0)
+    return process.log.read()
+
+
+def wait_for(condition, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def stop(process):
+    process.send_signal(signal.SIGTERM)
+    return process.wait(15)
+
+
+def status_of(frontend):
+    try:
+        return pfmq.query_status(frontend, timeout=0.5)
+    except TimeoutError:
+        return None
+
+
+def test_broker_worker_status_end_to_end(spawn):
+    frontend = f"tcp://127.0.0.1:{free_port()}"
+    backend = f"tcp://127.0.0.1:{free_port()}"
+    broker = spawn("broker", "--frontend", frontend, "--backend", backend)
+    wait_for(lambda: status_of(frontend), what="the broker")
+    worker = spawn("worker", "test_cli:GRAPH", "--address", backend, "--processes", "2",
+                   "--prefetch", "2")
+    wait_for(lambda: status_of(frontend)["workers"] == 2, what="two workers")
+
+    requests = [{"fetches": "y", "context": {"x": i}} for i in range(30)]
+    assert list(pfmq.Task(requests, frontend)) == [10 * i for i in range(30)]
+    assert pfmq.apply({"fetches": "y", "context": {"x": 7}}, frontend) == 70
+
+    as_json = json.loads(pfmq_command("status", "--frontend", frontend, "--json").stdout)
+    assert as_json["workers"] == 2 and as_json["queued"] == as_json["in_flight"] == 0
+    completed = as_json["completed"]  # jobs: a task may batch several requests into one
+    assert 2 <= completed <= 31
+
+    shown = pfmq_command("status", "--frontend", frontend)
+    assert shown.returncode == 0, shown.stderr
+    lines = [line.split() for line in shown.stdout.splitlines()]
+    assert ["workers", "2"] in lines
+    assert ["completed", str(completed)] in lines
+    assert ["in", "flight", "0"] in lines and ["queued", "0"] in lines
+    assert ["capacity", "6"] in lines  # two workers holding prefetch + 1 requests each
+    per_worker = [line for line in lines if line[1:2] == ["completed"]]
+    assert len(per_worker) == 2 and sum(int(line[2]) for line in per_worker) == completed
+
+    assert stop(worker) == 0
+    wait_for(lambda: status_of(frontend)["workers"] == 0, what="the workers to leave")
+    assert stop(broker) == 0
+    log = output(broker)
+    assert log.count("joined") == 2 and log.count("left") == 2, log
+    assert "Traceback" not in log + output(worker)
+
+
+def test_single_process_worker_stops_on_sigint(spawn):
+    frontend = f"tcp://127.0.0.1:{free_port()}"
+    backend = f"tcp://127.0.0.1:{free_port()}"
+    broker = spawn("broker", "--frontend", frontend, "--backend", backend)
+    wait_for(lambda: status_of(frontend), what="the broker")
+    worker = spawn("worker", "test_cli:GRAPH", "--address", backend)
+    wait_for(lambda: status_of(frontend)["workers"] == 1, what="the worker")
+    assert pfmq.apply({"fetches": "y", "context": {"x": 2}}, frontend) == 20
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(15) == 0
+    broker.send_signal(signal.SIGINT)
+    assert broker.wait(15) == 0
+
+
+def assert_one_line_error(result, *fragments, code=None):
+    assert result.returncode != 0
+    if code is not None:
+        assert result.returncode == code
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], result.stderr
+
+
+def test_bad_input():
+    with socket.socket() as busy:  # a port in use
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_one_line_error(pfmq_command("broker", "--frontend", f"tcp://127.0.0.1:{port}",
+                                           "--backend", f"tcp://127.0.0.1:{free_port()}"),
+                              "pfmq broker: error:", "in use")
+    unused = f"tcp://127.0.0.1:{free_port()}"
+    assert_one_line_error(pfmq_command("frobnicate"), "invalid choice", code=2)
+    assert_one_line_error(pfmq_command("broker", "--bogus"), "unrecognized", code=2)
+    assert_one_line_error(pfmq_command("worker", "test_cli:GRAPH", "--processes", "two"),
+                          "invalid int value", code=2)
+    assert_one_line_error(pfmq_command("broker", "--frontend", "localhost:5556"),
+                          "not a ZeroMQ address")
+    assert_one_line_error(pfmq_command("broker", "--backend", "tcp://127.0.0.1:port"),
+                          "cannot bind")
+    assert_one_line_error(pfmq_command("worker", "no_such_module_xyz:graph"),
+                          "pfmq worker: error:", "no_such_module_xyz")
+    assert_one_line_error(pfmq_command("worker", "test_cli:NO_GRAPH"), "has no attribute")
+    assert_one_line_error(pfmq_command("worker", "test_cli"), "package.module:graph")
+    assert_one_line_error(pfmq_command("worker", "test_cli:GRAPH", "--address", "tcp://:x:y"),
+                          "invalid address")
+    assert_one_line_error(pfmq_command("worker", "test_cli:GRAPH", "--address", unused,
+                                       "--timeout", "0.2", "--num-retries", "1",
+                                       "--log-level", "error"),
+                          "no answer from the broker")
+    assert_one_line_error(pfmq_command("status", "--frontend", unused, "--timeout", "0.2"),
+                          "pfmq status: error:", "no answer")
+
+
+@pytest.mark.parametrize("command", ["broker", "worker", "status", "demo"])
+def test_help(command):
+    result = pfmq_command(command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"usage: pfmq {command}")
+
+
+def test_top_level_help_lists_commands():
+    result = pfmq_command("--help")
+    assert result.returncode == 0
+    for command in ("broker", "worker", "status", "demo", "bench"):
+        assert command in result.stdout
+
+
+def test_bench_is_handed_its_arguments():
+    result = pfmq_command("bench", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage" in result.stdout.lower()
+
+
+def test_demo_writes_png(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    path = tmp_path / "demo.png"
+    result = pfmq_command("demo", "--images", "8", "--workers", "2", "--output", str(path),
+                          timeout=80)
+    assert result.returncode == 0, result.stderr
+    assert str(path) in result.stdout
+    assert "1 worker" in result.stdout and "2 workers" in result.stdout
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+        assert width > 2 * height  # original, noisy and rotated side by side
