@@ -5,9 +5,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
+from pfmq_helpers import PACKAGE_PARENT, wait_until
 
 import pythonflow as pf
 from pythonflow import pfmq
@@ -30,7 +30,9 @@ def free_port():
 
 def environment():
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, env.get("PYTHONPATH")]))
+    # The subprocesses import the pythonflow under test, and this module for its graph.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, HERE,
+                                                      env.get("PYTHONPATH")]))
     env.pop("PFMQ_KEY", None)
     return env
 
@@ -73,17 +75,6 @@ def output(process):
     return process.log.read()
 
 
-def wait_for(condition, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def stop(process):
     process.send_signal(signal.SIGTERM)
     return process.wait(15)
@@ -100,10 +91,10 @@ def test_broker_worker_status_end_to_end(spawn):
     frontend = f"tcp://127.0.0.1:{free_port()}"
     backend = f"tcp://127.0.0.1:{free_port()}"
     broker = spawn("broker", "--frontend", frontend, "--backend", backend)
-    wait_for(lambda: status_of(frontend), what="the broker")
+    wait_until(lambda: status_of(frontend), 30, message="the broker")
     worker = spawn("worker", "test_cli:GRAPH", "--address", backend, "--processes", "2",
                    "--prefetch", "2")
-    wait_for(lambda: status_of(frontend)["workers"] == 2, what="two workers")
+    wait_until(lambda: status_of(frontend)["workers"] == 2, 30, message="two workers")
 
     requests = [{"fetches": "y", "context": {"x": i}} for i in range(30)]
     assert list(pfmq.Task(requests, frontend)) == [10 * i for i in range(30)]
@@ -125,7 +116,7 @@ def test_broker_worker_status_end_to_end(spawn):
     assert len(per_worker) == 2 and sum(int(line[2]) for line in per_worker) == completed
 
     assert stop(worker) == 0
-    wait_for(lambda: status_of(frontend)["workers"] == 0, what="the workers to leave")
+    wait_until(lambda: status_of(frontend)["workers"] == 0, 30, message="the workers to leave")
     assert stop(broker) == 0
     log = output(broker)
     assert log.count("joined") == 2 and log.count("left") == 2, log
@@ -136,9 +127,9 @@ def test_single_process_worker_stops_on_sigint(spawn):
     frontend = f"tcp://127.0.0.1:{free_port()}"
     backend = f"tcp://127.0.0.1:{free_port()}"
     broker = spawn("broker", "--frontend", frontend, "--backend", backend)
-    wait_for(lambda: status_of(frontend), what="the broker")
+    wait_until(lambda: status_of(frontend), 30, message="the broker")
     worker = spawn("worker", "test_cli:GRAPH", "--address", backend)
-    wait_for(lambda: status_of(frontend)["workers"] == 1, what="the worker")
+    wait_until(lambda: status_of(frontend)["workers"] == 1, 30, message="the worker")
     assert pfmq.apply({"fetches": "y", "context": {"x": 2}}, frontend) == 20
     worker.send_signal(signal.SIGINT)
     assert worker.wait(15) == 0
