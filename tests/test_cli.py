@@ -212,3 +212,25 @@ def test_demo_writes_png(tmp_path):
         assert image.format == "PNG"
         width, height = image.size
         assert width > 2 * height  # original, noisy and rotated side by side
+
+
+def test_example_worker_and_consumer():
+    examples = os.path.join(os.path.dirname(HERE), "examples")
+    backend = f"tcp://127.0.0.1:{free_port()}"
+    command = [sys.executable, os.path.join(examples, "worker.py"), "--address", backend]
+    worker = subprocess.Popen(command, env=environment(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        consumer = subprocess.run([sys.executable, os.path.join(examples, "consumer.py"),
+                                   "--backend", backend, "--images", "8"], env=environment(),
+                                  capture_output=True, text=True, timeout=60)
+        assert consumer.returncode == 0, consumer.stderr
+        assert "one image: shape (" in consumer.stdout and "8 images in" in consumer.stdout
+        worker.send_signal(signal.SIGINT)
+        out, err = worker.communicate(timeout=15)
+        assert worker.returncode == 0, err
+        assert "worker stopped after 9 requests" in out
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
