@@ -1,0 +1,329 @@
+"""Iterative evaluation of operations.
+
+The evaluator keeps an explicit stack instead of recursing into the arguments of operations, so
+the depth of a graph is limited by memory, not by Python's recursion limit. Lazy operations
+(`conditional`, `try_`, `cache`, ...) are generators: they yield the operations they need one at
+a time and the evaluator pushes those on its stack, sends the values back and throws errors in.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Generator, MutableMapping, Optional
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ["EvaluationError", "Node", "evaluate", "find_operations", "resolve",
+           "resolve_lazily"]
+
+
+class EvaluationError(RuntimeError):
+    """
+    Names the operation that failed and where it was created.
+
+    It is never raised by itself: the exception raised by a failing operation propagates with
+    its original type and an :class:`EvaluationError` as its ``__cause__``.
+
+    Attributes
+    ----------
+    operation_name : str
+        Name of the operation that failed.
+    location : tuple(str, int, str) or None
+        File name, line number and function where the operation was created.
+    """
+
+    def __init__(self, message: str, operation_name: Optional[str] = None,
+                 location: Optional[tuple] = None) -> None:
+        super().__init__(message)
+        self.operation_name = operation_name
+        self.location = location
+
+
+class Node:
+    """
+    Base of everything the evaluator can evaluate (see :class:`pythonflow.Operation`).
+
+    Subclasses provide ``_inputs`` (operations to evaluate first), ``_lazy``, ``_evaluate``,
+    ``args``/``kwargs`` with ``_arg_slots``/``_kwarg_slots`` (which arguments hold operations),
+    ``_location`` and ``name``.
+    """
+
+    __slots__ = ()
+
+
+_CONTAINERS = (tuple, list, dict, set, frozenset, slice)
+
+
+def find_operations(value: Any) -> list:
+    """
+    Return the operations in `value`, looking inside tuples, lists, dicts, sets and slices.
+
+    Parameters
+    ----------
+    value : object
+        Value to search.
+
+    Returns
+    -------
+    operations : list[Operation]
+        Operations found, without duplicates, in the order found.
+    """
+    if isinstance(value, Node):
+        return [value]
+    if not isinstance(value, _CONTAINERS):
+        return []
+    found = {}
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Node):
+            found[item] = None
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, slice):
+            pending.extend((item.start, item.stop, item.step))
+        elif isinstance(item, _CONTAINERS):
+            pending.extend(item)
+    return list(found)
+
+
+def resolve(value: Any, values: MutableMapping) -> Any:
+    """
+    Return `value` with every operation replaced by its entry in `values`.
+
+    Parameters
+    ----------
+    value : object
+        Operation or a (nested) container of them.
+    values : Mapping
+        Values keyed by operations.
+
+    Returns
+    -------
+    resolved : object
+        A copy of the containers holding values instead of operations.
+    """
+    if isinstance(value, Node):
+        return values[value]
+    kind = type(value)
+    if kind is list:
+        return [resolve(item, values) for item in value]
+    if isinstance(value, tuple):
+        items = [resolve(item, values) for item in value]
+        return kind(*items) if hasattr(kind, "_fields") else kind(items)
+    if isinstance(value, dict):
+        return kind((resolve(key, values), resolve(item, values)) for key, item in value.items())
+    if kind is slice:
+        return slice(resolve(value.start, values), resolve(value.stop, values),
+                     resolve(value.step, values))
+    if isinstance(value, (set, frozenset)):
+        return kind(resolve(item, values) for item in value)
+    return value
+
+
+def resolve_lazily(value: Any) -> Generator:
+    """
+    Generator for lazy operations: ``resolved = yield from resolve_lazily(value)``.
+
+    Parameters
+    ----------
+    value : object
+        Operation, constant or container of operations.
+
+    Returns
+    -------
+    resolved : object
+        `value` with the operations in it replaced by their values.
+    """
+    if isinstance(value, Node):
+        return (yield value)
+    operations = find_operations(value)
+    if not operations:
+        return value
+    values = {}
+    for operation in operations:
+        values[operation] = yield operation
+    return resolve(value, values)
+
+
+def _describe(operation: Node) -> EvaluationError:
+    location = operation._location
+    if location is None:
+        where = "an unknown location"
+    else:
+        where = 'File "{}", line {}, in {}'.format(*location)
+    message = f"failed to evaluate {operation!r} defined at {where}"
+    return EvaluationError(message, operation.name, location)
+
+
+def _annotate(exc: BaseException, operation: Node) -> None:
+    # The user keeps catching the original exception type; the operation that raised it is
+    # named by its cause. An existing cause or context is kept one link further down the chain.
+    error = _describe(operation)
+    error.__cause__ = exc.__cause__
+    error.__context__ = exc.__context__
+    error.__suppress_context__ = exc.__suppress_context__
+    exc.__cause__ = error
+    exc.__suppress_context__ = True
+
+
+def _arguments(operation: Node, context: MutableMapping) -> tuple:
+    args = operation.args
+    if operation._arg_slots:
+        args = list(args)
+        for index in operation._arg_slots:
+            args[index] = resolve(args[index], context)
+    kwargs = operation.kwargs
+    if operation._kwarg_slots:
+        kwargs = dict(kwargs)
+        for key in operation._kwarg_slots:
+            kwargs[key] = resolve(kwargs[key], context)
+    return args, kwargs
+
+
+class _Suspended:
+    """A lazy operation waiting for the value of `awaited`."""
+
+    __slots__ = ("generator", "awaited", "manager")
+
+    def __init__(self, generator: Generator, manager: Any) -> None:
+        self.generator = generator
+        self.awaited = None
+        self.manager = manager
+
+
+def _cycle_error(operation: Node) -> RuntimeError:
+    return RuntimeError(f"{operation!r} depends on itself")
+
+
+def evaluate(operations: list, context: MutableMapping,
+             callback: Optional[Callable] = None) -> None:
+    """
+    Evaluate `operations` and everything they need, storing every value in `context`.
+
+    Parameters
+    ----------
+    operations : list[Operation]
+        Operations to evaluate.
+    context : MutableMapping
+        Known values keyed by operations; updated in place.
+    callback : callable, optional
+        ``callback(operation, context)`` returning a context manager wrapping each evaluation.
+    """
+    stack = list(reversed(operations))
+    expanded = set()  # operations whose inputs have been pushed; seeing one again means a cycle
+    suspended = {}  # lazy operations currently running, keyed by operation
+    while stack:
+        operation = stack[-1]
+        if operation in context:
+            stack.pop()
+            continue
+        inputs = operation._inputs
+        if inputs:
+            missing = [item for item in inputs if item not in context]
+            if missing:
+                if operation in expanded:
+                    raise _cycle_error(operation)
+                expanded.add(operation)
+                missing.reverse()
+                stack.extend(missing)
+                continue
+        try:
+            if operation._lazy:
+                if _step_lazy(operation, context, callback, suspended, stack):
+                    continue
+            else:
+                args, kwargs = _arguments(operation, context)
+                if callback is None:
+                    value = operation._evaluate(*args, **kwargs)
+                else:
+                    value = None  # stays None if the callback's context manager swallows errors
+                    with callback(operation, context):
+                        value = operation._evaluate(*args, **kwargs)
+                context[operation] = value
+                stack.pop()
+                continue
+        except Exception as exc:  # re-raised below unless a lazy operation handles it
+            error = exc
+        # Raising outside the `except` block keeps the error's context as the operation set it.
+        _annotate(error, operation)
+        stack.pop()
+        expanded.discard(operation)
+        suspended.pop(operation, None)
+        if not _unwind(error, context, suspended, stack, expanded):
+            raise error
+
+
+def _start(operation: Node, context: MutableMapping, callback: Optional[Callable]) -> _Suspended:
+    generator = operation._evaluate(*operation.args, **operation.kwargs)
+    manager = None
+    if callback is not None:
+        manager = callback(operation, context)
+        manager.__enter__()
+    return _Suspended(generator, manager)
+
+
+def _finish(state: _Suspended, exc: Optional[BaseException] = None) -> None:
+    if state.manager is not None:
+        if exc is None:
+            state.manager.__exit__(None, None, None)
+        else:
+            state.manager.__exit__(type(exc), exc, exc.__traceback__)
+
+
+def _advance(operation: Node, state: _Suspended, context: MutableMapping, stack: list,
+             suspended: dict, method: Callable, argument: Any) -> None:
+    """Resume a lazy operation; push what it asks for or store its value when it returns."""
+    suspended.pop(operation, None)
+    try:
+        requested = method(argument)
+        if not isinstance(requested, Node):
+            state.generator.close()
+            raise TypeError(f"lazy {operation!r} must yield operations, not "
+                            f"{type(requested).__name__}")
+    except StopIteration as stop:
+        _finish(state)
+        context[operation] = stop.value
+        stack.pop()
+        return
+    except Exception as exc:
+        _finish(state, exc)
+        raise
+    state.awaited = requested
+    suspended[operation] = state
+    stack.append(requested)
+
+
+def _step_lazy(operation: Node, context: MutableMapping, callback: Optional[Callable],
+               suspended: dict, stack: list) -> bool:
+    state = suspended.get(operation)
+    if state is None:
+        state = _start(operation, context, callback)
+        argument = None
+    elif state.awaited in context:
+        argument = context[state.awaited]
+    else:
+        raise _cycle_error(operation)
+    _advance(operation, state, context, stack, suspended, state.generator.send, argument)
+    return True
+
+
+def _unwind(error: Exception, context: MutableMapping, suspended: dict, stack: list,
+            expanded: set) -> bool:
+    """Pop the stack down to a lazy operation that handles `error`; False if none does."""
+    while stack:
+        operation = stack.pop()
+        expanded.discard(operation)
+        state = suspended.pop(operation, None)
+        if state is None:
+            continue
+        stack.append(operation)
+        try:
+            _advance(operation, state, context, stack, suspended, state.generator.throw, error)
+            return True
+        except Exception as exc:  # the lazy operation did not handle the error
+            if exc is not error:
+                _annotate(exc, operation)
+            error = exc
+            stack.pop()
+    return False

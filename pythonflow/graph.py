@@ -1,0 +1,316 @@
+"""The graph: a namespace of operations that evaluates them on demand."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from . import evaluation
+from .evaluation import Node
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only; core imports this module
+    from .core import Operation
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = ["Graph"]
+
+_THREAD_STATE = threading.local()
+
+
+def _thread_stack(attribute: str) -> list:
+    # Default graphs and control dependencies are per thread so that graphs built concurrently in
+    # several threads do not leak operations into each other.
+    stack = getattr(_THREAD_STATE, attribute, None)
+    if stack is None:
+        stack = []
+        setattr(_THREAD_STATE, attribute, stack)
+    return stack
+
+
+
+def _sanitize_name(name: str) -> str:
+    cleaned = "".join(char if char.isalnum() or char == "_" else "_" for char in name)
+    return cleaned.strip("_") or "operation"
+
+
+class Graph:
+    """
+    Dataflow graph of operations.
+
+    Entering the graph with ``with graph:`` makes it the default graph of the current thread, so
+    operations created inside the block are added to it. Calling the graph evaluates operations.
+
+    Attributes
+    ----------
+    operations : dict[str, Operation]
+        Operations of the graph keyed by their names.
+
+    Examples
+    --------
+    >>> import pythonflow as pf
+    >>> with pf.Graph() as graph:
+    ...     x = pf.placeholder('x')
+    ...     y = (x * 2).set_name('y')
+    >>> graph('y', x=21)
+    42
+    """
+
+    def __init__(self) -> None:
+        self.operations: dict = {}
+        self._lock = threading.Lock()
+        self._count = 0
+
+    # Graph construction --------------------------------------------------------------------------
+
+    def __enter__(self) -> Graph:
+        _thread_stack("graphs").append(self)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        stack = _thread_stack("graphs")
+        if not stack or stack[-1] is not self:
+            raise RuntimeError("graph contexts must be exited in the reverse order of entering")
+        stack.pop()
+
+    @staticmethod
+    def get_active_graph(graph: Optional[Graph] = None) -> Graph:
+        """
+        Return `graph` if given, else the default graph of the current thread.
+
+        Parameters
+        ----------
+        graph : Graph, optional
+            Graph to return if not `None`.
+
+        Returns
+        -------
+        graph : Graph
+            The graph operations should be added to.
+
+        Raises
+        ------
+        ValueError
+            If `graph` is `None` and no graph has been entered in this thread.
+        """
+        if graph is not None:
+            return graph
+        stack = _thread_stack("graphs")
+        if stack:
+            return stack[-1]
+        raise ValueError(
+            "no default graph in this thread: create operations inside `with pf.Graph() as "
+            "graph:` or pass `graph=...`")
+
+    def _next_index(self) -> int:
+        with self._lock:
+            self._count += 1
+            return self._count
+
+    def _register(self, operation: Operation, name: Optional[str]) -> None:
+        if name is None:
+            self._assign_automatic_name(operation)
+        else:
+            self._rename(operation, name)
+
+    def _assign_automatic_name(self, operation: Operation) -> None:
+        base = _sanitize_name(operation._default_name())
+        index = operation._index
+        with self._lock:
+            name = f"{base}_{index}"
+            while name in self.operations:
+                self._count += 1
+                name = f"{base}_{self._count}"
+            self._store_name(operation, name, automatic=True)
+
+    def _store_name(self, operation: Operation, name: str, automatic: bool) -> None:
+        # The caller holds the lock.
+        old = operation.__dict__.get("_name")
+        if old is not None:
+            del self.operations[old]
+        operation._name = name
+        operation._automatic_name = automatic
+        self.operations[name] = operation
+
+    def _rename(self, operation: Operation, name: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"operation names must be strings, not {type(name).__name__}")
+        existing = self.operations.get(name)
+        if existing is operation:
+            return
+        if existing is not None:
+            if not existing._automatic_name:
+                raise ValueError(f"duplicate operation name '{name}': names must be unique "
+                                 "within a graph")
+            # Automatic names are not chosen by the user, so the user's explicit name wins.
+            self._assign_automatic_name(existing)
+        with self._lock:
+            self._store_name(operation, name, automatic=False)
+
+    # Look-up -------------------------------------------------------------------------------------
+
+    def normalize_operation(self, operation: Union[Operation, str]) -> Operation:
+        """
+        Return the operation of this graph that `operation` refers to.
+
+        Parameters
+        ----------
+        operation : Operation or str
+            Operation or name of an operation.
+
+        Returns
+        -------
+        operation : Operation
+            The operation.
+
+        Raises
+        ------
+        KeyError
+            If no operation of this graph has the given name.
+        ValueError
+            If the operation belongs to a different graph.
+        TypeError
+            If `operation` is neither an operation nor a string.
+        """
+        if isinstance(operation, Node):
+            if operation.graph is not self:
+                raise ValueError(f"{operation!r} does not belong to this graph")
+            return operation
+        if isinstance(operation, str):
+            try:
+                return self.operations[operation]
+            except KeyError:
+                raise KeyError(f"the graph has no operation named '{operation}'") from None
+        raise TypeError(f"expected an operation or the name of an operation, not "
+                        f"{type(operation).__name__}: {operation!r}")
+
+    def __getitem__(self, name: Union[Operation, str]) -> Operation:
+        return self.normalize_operation(name)
+
+    def __contains__(self, item: object) -> bool:
+        if isinstance(item, Node):
+            return item.graph is self
+        return item in self.operations
+
+    def normalize_context(self, context: Optional[Mapping] = None, **kwargs) -> MutableMapping:
+        """
+        Return `context` with names replaced by operations and `kwargs` merged into it.
+
+        A mutable mapping is updated in place; any other mapping is copied into a new dictionary.
+
+        Parameters
+        ----------
+        context : Mapping, optional
+            Values keyed by operations or their names.
+        **kwargs
+            Further values keyed by operation names.
+
+        Returns
+        -------
+        context : MutableMapping
+            Values keyed by operations.
+
+        Raises
+        ------
+        TypeError
+            If `context` is not a mapping.
+        ValueError
+            If two values are given for the same operation.
+        """
+        if context is None:
+            context = {}
+        elif not isinstance(context, MutableMapping):
+            if not isinstance(context, Mapping):
+                raise TypeError(f"`context` must be a mapping of operations or names to values, "
+                                f"not {type(context).__name__}")
+            context = dict(context)
+        # Resolve every key before changing anything so that a bad key leaves `context` intact.
+        names = [key for key in context if not isinstance(key, Node)]
+        pending = [(self.normalize_operation(key), key) for key in names]
+        for key in context:
+            if isinstance(key, Node):
+                self.normalize_operation(key)
+        pending = [(operation, context.pop(key)) for operation, key in pending]
+        pending.extend((self.normalize_operation(key), value) for key, value in kwargs.items())
+        for operation, value in pending:
+            if operation in context and not _same_value(context[operation], value):
+                raise ValueError(
+                    f"conflicting values for operation '{operation.name}': the context already "
+                    f"holds a different value for it. Evaluation updates the context in place "
+                    f"with every intermediate value, so a context that has been evaluated "
+                    f"cannot take new values; pass a fresh dictionary for each evaluation, "
+                    f"e.g. `graph(fetches, dict(context))` or `graph(fetches, {{}}, ...)`")
+            context[operation] = value
+        return context
+
+    # Evaluation ----------------------------------------------------------------------------------
+
+    def apply(self, fetches, context: Optional[Mapping] = None, *,
+              callback: Optional[Callable] = None, **kwargs) -> Any:
+        """
+        Evaluate operations.
+
+        Parameters
+        ----------
+        fetches : Operation, str or sequence of them
+            Operation(s) to evaluate.
+        context : Mapping, optional
+            Known values keyed by operations or names. A mutable mapping is updated in place with
+            the value of every operation that is evaluated, so pass a fresh dictionary each time.
+        callback : callable, optional
+            ``callback(operation, context)`` returning a context manager that wraps the
+            evaluation of each operation (see :class:`pythonflow.Profiler`).
+        **kwargs
+            Further known values keyed by operation names.
+
+        Returns
+        -------
+        values : object or tuple
+            The value of `fetches` if it is a single operation or name, else a tuple of values.
+        """
+        context = self.normalize_context(context, **kwargs)
+        single = isinstance(fetches, (str, Node))
+        if single:
+            operations = [self.normalize_operation(fetches)]
+        elif isinstance(fetches, Iterable):
+            operations = [self.normalize_operation(fetch) for fetch in fetches]
+        else:
+            raise TypeError(f"`fetches` must be an operation, a name or a sequence of them, not "
+                            f"{type(fetches).__name__}")
+        evaluation.evaluate(operations, context, callback)
+        if single:
+            return context[operations[0]]
+        return tuple(context[operation] for operation in operations)
+
+    def __call__(self, fetches, context: Optional[Mapping] = None, *,
+                 callback: Optional[Callable] = None, **kwargs) -> Any:
+        """Evaluate operations; the same as :meth:`apply`."""
+        return self.apply(fetches, context, callback=callback, **kwargs)
+
+    # Pickling ------------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        # Creation order is a topological order (arguments exist before the operations using
+        # them), so pickling operations in that order keeps the pickler's recursion shallow.
+        operations = sorted(self.operations.items(), key=lambda item: item[1]._index)
+        return {"operations": operations, "count": self._count}
+
+    def __setstate__(self, state: dict) -> None:
+        self.operations = dict(state["operations"])
+        self._count = state["count"]
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<pf.Graph with {len(self.operations)} operations>"
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # e.g. numpy arrays with more than one element
+        return False
+
+
