@@ -72,17 +72,16 @@ def sample_image_path() -> str:
     """The sample image shipped with pythonflow, or a generated one if it is not installed."""
     try:
         from pythonflow.data import sample_image_path as shipped
-    except ImportError:
-        shipped = None
-    if shipped is not None:
+
         return shipped()
+    except (ImportError, OSError):  # installed without its data files
+        pass
     from PIL import Image
 
-    path = os.path.join(tempfile.gettempdir(), "pfmq-demo-sample.png")
-    if not os.path.exists(path):
-        y, x = np.mgrid[0:256, 0:256] / 255.0
-        rgb = np.stack([x, y, 0.5 + 0.5 * np.sin(8 * np.pi * x * y)], axis=-1)
-        Image.fromarray((rgb * 255).astype(np.uint8)).save(path)
+    path = os.path.join(tempfile.mkdtemp(prefix="pfmq-demo-"), "sample.png")
+    y, x = np.mgrid[0:256, 0:256] / 255.0
+    rgb = np.stack([x, y, 0.5 + 0.5 * np.sin(8 * np.pi * x * y)], axis=-1)
+    Image.fromarray((rgb * 255).astype(np.uint8)).save(path)
     return path
 
 
