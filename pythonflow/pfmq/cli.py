@@ -51,13 +51,6 @@ def _check_connect_address(address: str) -> str:
     return address
 
 
-class _DropStartupFailure(logging.Filter):
-    """Drops the broker thread's traceback for a failed bind: it is reported in one line."""
-
-    def filter(self, record):
-        return record.getMessage() != "broker stopped"
-
-
 def _stop_on_signals():
     def handler(signum, frame):
         # A second signal while stopping takes the default action (terminate now).
@@ -77,8 +70,6 @@ def run_broker(args) -> int:
     from .broker import Broker
 
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
-    quiet = _DropStartupFailure()
-    logging.getLogger("pythonflow.pfmq.broker").addFilter(quiet)
     try:
         broker = Broker(args.backend, args.frontend, heartbeat_interval=args.heartbeat_interval)
         broker.run_async()
@@ -86,8 +77,6 @@ def run_broker(args) -> int:
         raise UsageError(exc.strerror or str(exc)) from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    finally:
-        logging.getLogger("pythonflow.pfmq.broker").removeFilter(quiet)
     _stop_on_signals()
     try:
         while broker.is_alive:  # the signal handler interrupts the sleep
