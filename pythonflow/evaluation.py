@@ -184,12 +184,21 @@ def _arguments(operation: Node, context: MutableMapping) -> tuple:
 class _Suspended:
     """A lazy operation waiting for the value of `awaited`."""
 
-    __slots__ = ("generator", "awaited", "manager")
+    __slots__ = ("generator", "awaited", "manager", "thrown")
 
     def __init__(self, generator: Generator, manager: Any) -> None:
         self.generator = generator
         self.awaited = None
         self.manager = manager
+        self.thrown = []  # errors thrown in; re-raising one later is not a new failure
+
+
+class _Passthrough(Exception):
+    """A lazy operation let an error of an operation it evaluated propagate."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
 
 
 def _cycle_error(operation: Node) -> RuntimeError:
@@ -243,10 +252,12 @@ def evaluate(operations: list, context: MutableMapping,
                 context[operation] = value
                 stack.pop()
                 continue
+        except _Passthrough as passthrough:
+            error = passthrough.error
         except Exception as exc:  # re-raised below unless a lazy operation handles it
             error = exc
+            _annotate(error, operation)
         # Raising outside the `except` block keeps the error's context as the operation set it.
-        _annotate(error, operation)
         stack.pop()
         expanded.discard(operation)
         suspended.pop(operation, None)
@@ -288,6 +299,8 @@ def _advance(operation: Node, state: _Suspended, context: MutableMapping, stack:
         return
     except Exception as exc:
         _finish(state, exc)
+        if any(exc is thrown for thrown in state.thrown):
+            raise _Passthrough(exc) from None
         raise
     state.awaited = requested
     suspended[operation] = state
@@ -318,12 +331,14 @@ def _unwind(error: Exception, context: MutableMapping, suspended: dict, stack: l
         if state is None:
             continue
         stack.append(operation)
+        state.thrown.append(error)
         try:
             _advance(operation, state, context, stack, suspended, state.generator.throw, error)
             return True
-        except Exception as exc:  # the lazy operation did not handle the error
-            if exc is not error:
-                _annotate(exc, operation)
+        except _Passthrough as passthrough:
+            error = passthrough.error
+        except Exception as exc:  # the lazy operation raised an error of its own
+            _annotate(exc, operation)
             error = exc
-            stack.pop()
+        stack.pop()
     return False
