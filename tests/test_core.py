@@ -420,3 +420,21 @@ def test_subclassing_operation():
     assert joined.name.startswith('Join_')
     with graph, pytest.raises(NotImplementedError):
         graph(pf.Operation())
+
+
+def test_threads_evaluate_one_graph_concurrently():
+    with pf.Graph() as graph:
+        value = pf.placeholder('x')
+        for _ in range(200):
+            value = value + 1
+    results = {}
+
+    def run(start):
+        results[start] = [graph(value, x=start) for _ in range(20)]
+
+    threads = [threading.Thread(target=run, args=(start,)) for start in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert results == {start: [start + 200] * 20 for start in range(8)}
