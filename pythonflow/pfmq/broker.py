@@ -38,11 +38,13 @@ from .common import (
     Wakeup,
     check_address,
     resolve_key,
+    waiting_messages,
 )
 from .protocol import COMPLETED, Kind, ProtocolError
 
 LOGGER = logging.getLogger(__name__)
 _DRAIN = 256  # messages read from one socket before looking at the other
+_MAX_SLOTS = 1024  # a worker claiming more request slots is not believed
 
 
 class _Job:
@@ -150,6 +152,7 @@ class Broker:
     def run(self) -> None:
         """Bind both sockets and serve in the calling thread until :meth:`cancel`."""
         frontend, backend = self._bind()
+        self._loop_thread = threading.current_thread()  # stats() asks the loop from elsewhere
         try:
             self._running.set()
             self._serve(frontend, backend)
@@ -168,10 +171,11 @@ class Broker:
         def serve():
             try:
                 self.run()
-            except BaseException as exc:  # reported to run_async if it happened while binding
-                failure.append(exc)
-                if self._running.is_set() or not bound.is_set():
-                    LOGGER.exception("broker stopped")
+            except BaseException as exc:
+                if bound.is_set():
+                    LOGGER.exception("the broker loop failed")
+                else:  # reported to the caller of run_async
+                    failure.append(exc)
             finally:
                 bound.set()
 
@@ -251,14 +255,11 @@ class Broker:
             if self.now >= next_check:
                 self._expire_silent_peers()
                 next_check = self.now + self.heartbeat_interval
-            self._wakeup.clear()
+            if self._wakeup in events:
+                self._wakeup.clear()
 
     def _drain(self, sock, handle):
-        for _ in range(_DRAIN):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in waiting_messages(sock, _DRAIN):
             peer = frames[0].bytes
             try:
                 kind, fields, body = self._wire.unpack(frames[1:])
@@ -296,6 +297,7 @@ class Broker:
             task = self.tasks[task_id] = _TaskRecord(task_id, self.now)
         task.last_seen = self.now
         if kind is Kind.SUBMIT:
+            protocol.check_job(fields)
             if fields[0] not in task.pending:  # a resent job the broker still has is ignored
                 job = task.pending[fields[0]] = _Job(task_id, fields, body)
                 self._enqueue(task, job)
@@ -329,6 +331,8 @@ class Broker:
         self.counters["cancelled"] += len(task.pending)
         task.pending.clear()
         task.queue.clear()
+        if task.ready:  # else _dispatch would pop from its empty queue
+            self.ready_tasks.remove(task)
 
     def _settle(self, task_id, job_id):
         """Mark a job answered and return it, or None if it was answered (or dropped) before."""
@@ -359,14 +363,17 @@ class Broker:
             self._send(self.backend, worker_id, Kind.PONG, self.incarnation, fields[0],
                        self.capacity, len(worker.jobs) if worker else 0, worker is not None)
         elif kind is Kind.READY:
+            capacity = min(max(fields[0], 1), _MAX_SLOTS)
+            credit = min(fields[1], capacity)
             if worker is None:
-                worker = self.workers[worker_id] = _WorkerRecord(worker_id, *fields, self.now)
-                LOGGER.info("worker %s joined with %d slots", worker_id.hex()[:8], fields[0])
-            worker.capacity, worker.credit = fields
+                worker = self.workers[worker_id] = _WorkerRecord(
+                    worker_id, capacity, credit, self.now)
+                LOGGER.info("worker %s joined with %d slots", worker_id.hex()[:8], capacity)
+            worker.capacity, worker.credit = capacity, credit
         elif kind is Kind.RETURN and worker is not None:
             returned = [worker.jobs.pop((body[i].bytes, protocol.unpack_job_id(body[i + 1].bytes)),
                                         None) for i in range(0, len(body) - 1, 2)]
-            worker.credit += len(returned)
+            worker.credit = 0  # it returns jobs because it is leaving: send it no more
             self._requeue([job for job in returned if job is not None])
         elif kind is Kind.BYE and worker is not None:
             LOGGER.info("worker %s left", worker_id.hex()[:8])
@@ -387,9 +394,10 @@ class Broker:
         if job is None:
             self.counters["duplicates_dropped"] += 1
             return
+        requests = job.spec[2]
         if worker is not None:
-            worker.completed += 1
-        self.counters["completed"] += 1
+            worker.completed += requests
+        self.counters["completed"] += requests
         if not self._send(self.frontend, task_id, Kind.RESULT, job_id, elapsed, self.capacity,
                           body=body[1:]):
             self._forget_task(self.tasks[task_id])
@@ -427,12 +435,15 @@ class Broker:
             if worker is None or worker.credit <= 0:
                 return
             task = self.ready_tasks.popleft()
+            if not task.queue or self.tasks.get(task.id) is not task:  # emptied or forgotten
+                task.ready = False
+                continue
             job = task.queue.popleft()
             if task.queue:
                 self.ready_tasks.append(task)
             else:
                 task.ready = False
-            if job.settled or task.id not in self.tasks:
+            if job.settled:
                 continue
             if self._send(self.backend, worker.id, Kind.JOB, *job.spec,
                           body=[job.task_id, *job.payload]):
@@ -465,7 +476,7 @@ class Broker:
         Called from another thread while the broker runs, the figures are asked of the loop over
         the frontend, so they are consistent.
         """
-        if self._running.is_set() and threading.current_thread() is not self._thread:
+        if self._running.is_set() and threading.current_thread() is not self._loop_thread:
             from .task import query_status
 
             return query_status(self.frontend_address, key=self.key, context=self.context)

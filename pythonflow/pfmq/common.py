@@ -33,6 +33,17 @@ def dealer(context: zmq.Context, address: str, routing_id: bytes) -> zmq.Socket:
     return sock
 
 
+def waiting_messages(sock: zmq.Socket, limit: int = 1 << 30):
+    """Yield up to ``limit`` messages already waiting on ``sock``, as lists of ``zmq.Frame``.
+
+    Asking the socket first is cheaper than a non-blocking receive that raises when it is empty.
+    """
+    for _ in range(limit):
+        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return
+        yield sock.recv_multipart(copy=False)
+
+
 def check_address(address: str) -> str:
     """Raise ``ValueError`` unless ``address`` looks like a ZeroMQ endpoint."""
     if not isinstance(address, str) or "://" not in address:

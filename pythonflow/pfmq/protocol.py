@@ -134,6 +134,19 @@ class ProtocolError(ValueError):
     """A message that does not follow the protocol (bad layout, version, kind or signature)."""
 
 
+#: The most requests one job may carry; larger claims are refused as malformed.
+MAX_JOB_REQUESTS = 1 << 16
+
+
+def check_job(fields) -> None:
+    """Raise :class:`ProtocolError` unless ``fields`` describe a plausible job."""
+    count = fields[2]
+    if not 1 <= count <= MAX_JOB_REQUESTS:
+        raise ProtocolError(f"a job of {count} requests")
+    if fields[4] < 0:
+        raise ProtocolError("a negative seed")
+
+
 def new_id() -> bytes:
     """Return a fresh random routing id."""
     return os.urandom(ID_SIZE)

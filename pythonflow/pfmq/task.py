@@ -38,6 +38,7 @@ from .common import (
     check_address,
     dealer,
     resolve_key,
+    waiting_messages,
 )
 from .protocol import ERROR, OK, SERIALIZATION_ERROR, Kind, ProtocolError
 from .serialization import SerializationError, make_serializer
@@ -165,7 +166,9 @@ class _TaskIO:
             poller.register(self.wakeup, zmq.POLLIN)
         self.sock = sock
         last_heard = time.monotonic()
-        next_ping = last_heard + self.ping_interval
+        # A task of its own pings at once to learn how many workers there are; a one-off apply
+        # on a shared connection does not need to know.
+        next_ping = last_heard + (0 if own_socket else self.ping_interval)
         silent_timeouts = 0
         try:
             while not self.cancelled and not self._finished():
@@ -176,7 +179,7 @@ class _TaskIO:
                     sock.send_multipart(self.wire.pack(Kind.PING, self.ping))
                     next_ping = now + self.ping_interval
                 events = dict(poller.poll(max(0.0, next_ping - now) * 1000))
-                if self.wakeup is not None:
+                if self.wakeup in events:
                     self.wakeup.clear()
                 if sock in events:
                     last_heard = time.monotonic()
@@ -215,11 +218,7 @@ class _TaskIO:
         return self.exhausted and not self.pending and not self.held
 
     def _drain(self, sock):
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in waiting_messages(sock):
             try:
                 kind, fields, body = self.wire.unpack(frames)
                 if kind is Kind.RESULT:
@@ -396,6 +395,8 @@ class Task:
                  target_job_seconds: float = 0.005, context: Optional[zmq.Context] = None):
         if errors not in ERRORS:
             raise ValueError(f"errors must be one of {ERRORS}, not {errors!r}")
+        if not 1 <= max_batch <= protocol.MAX_JOB_REQUESTS:
+            raise ValueError(f"max_batch must be in [1, {protocol.MAX_JOB_REQUESTS}]")
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
         if seed is not None and not 0 <= seed < 1 << 63:

@@ -35,6 +35,7 @@ from .common import (
     check_address,
     dealer,
     resolve_key,
+    waiting_messages,
 )
 from .protocol import COMPLETED, ERROR, OK, SERIALIZATION_ERROR, Kind, ProtocolError
 from .serialization import SerializationError, encode_outcomes, make_serializer
@@ -247,7 +248,13 @@ class Worker:
     # -- communication (the background thread) ---------------------------------------------------
 
     def _communicate(self):
-        sock = dealer(self.context, self.address, self.routing_id)
+        try:
+            sock = dealer(self.context, self.address, self.routing_id)
+        except zmq.ZMQError as exc:
+            self.error = OSError(exc.errno, f"cannot connect to {self.address}: {exc.strerror}")
+            with self._jobs_changed:
+                self._jobs_changed.notify_all()
+            return
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wakeup, zmq.POLLIN)
@@ -267,7 +274,8 @@ class Worker:
                     sock.send_multipart(self._wire.pack(Kind.PING, ping))
                     next_ping = now + self.heartbeat_interval
                 events = dict(poller.poll(max(0.0, next_ping - now) * 1000))
-                self._wakeup.clear()
+                if self._wakeup in events:
+                    self._wakeup.clear()
                 while self._results:
                     sock.send_multipart(self._results.popleft(), copy=False)
                     held -= 1
@@ -285,16 +293,13 @@ class Worker:
                     continue
                 last_heard = time.monotonic()
                 silent_timeouts = 0
-                while True:
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
+                for frames in waiting_messages(sock):
                     try:
                         kind, fields, body = self._wire.unpack(frames)
                         if kind is Kind.JOB:
                             if len(body) < 2:
                                 raise ProtocolError("JOB without task id or payload")
+                            protocol.check_job(fields)
                             held += 1
                             with self._jobs_changed:
                                 self._jobs.append((fields, body[0].bytes, body[1:]))

@@ -1,0 +1,319 @@
+"""Fault injection: workers and brokers killed, poison requests, cancellation, fairness, garbage."""
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import zmq
+
+from pythonflow import pfmq
+from pythonflow.pfmq import protocol
+
+pytestmark = pytest.mark.timeout(90)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HEARTBEAT = 0.1  # fast failure detection keeps these tests short
+
+
+def wait_for(condition, timeout=15.0, message="condition"):
+    """Poll ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.01)
+
+
+class Pool:
+    """Worker subprocesses that a test can start, kill and reap; all ended by PID at exit."""
+
+    def __init__(self, address, target, **options):
+        self.address = address
+        self.target = target
+        self.options = options
+        self.processes = []
+
+    def start(self, count=1):
+        for _ in range(count):
+            command = [sys.executable, os.path.join(HERE, "fault_worker.py"), self.address,
+                       self.target, "--heartbeat", str(HEARTBEAT)]
+            for name, value in self.options.items():
+                command += [f"--{name}", str(value)]
+            self.processes.append(subprocess.Popen(command))
+
+    @property
+    def alive(self):
+        return [p for p in self.processes if p.poll() is None]
+
+    def kill(self, process, sig=signal.SIGKILL):
+        os.kill(process.pid, sig)
+        process.wait(10)
+
+    def close(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+        for process in self.processes:
+            process.wait(10)
+
+
+@contextlib.contextmanager
+def cluster(target, workers=0, broker_options=None, **worker_options):
+    broker = pfmq.Broker("tcp://127.0.0.1:*", heartbeat_interval=HEARTBEAT,
+                         **(broker_options or {}))
+    broker.run_async()
+    pool = Pool(broker.backend_address, target, **worker_options)
+    try:
+        pool.start(workers)
+        wait_for(lambda: broker.stats()["workers"] == workers, message=f"{workers} workers")
+        yield broker, pool
+    finally:
+        pool.close()
+        broker.cancel()
+
+
+def sleepy_requests(count, seed=0, longest=0.01):
+    rng = random.Random(seed)
+    return [{"value": i, "sleep": rng.uniform(0, longest)} for i in range(count)]
+
+
+def test_sigkill_workers_every_result_exactly_once_in_order():
+    rng = random.Random(1)
+    kill_at = set(rng.sample(range(20, 380), 5))
+    with cluster("sleepy", workers=3) as (broker, pool):
+        task = broker.imap(sleepy_requests(400), heartbeat_interval=HEARTBEAT)
+        results = []
+        for result in task:
+            results.append(result)
+            if len(results) in kill_at:  # crash the oldest worker mid-stream; a newcomer joins
+                pool.kill(pool.alive[0])
+                pool.start()
+        stats = broker.stats()
+    assert results == list(range(400))
+    assert stats["workers_lost"] >= 3  # at least the three that were serving from the start
+    assert stats["requeued"] >= 1
+
+
+def test_poison_request_fails_after_bounded_attempts():
+    with cluster("poison", workers=2, broker_options={"max_attempts": 2}) as (broker, pool):
+        supervisor_done = threading.Event()
+
+        def supervise():  # restart crashed workers, as a process manager would
+            while not supervisor_done.is_set():
+                for process in pool.processes:
+                    if process.poll() is not None and process.returncode == -signal.SIGKILL:
+                        pool.processes.remove(process)
+                        pool.start()
+                supervisor_done.wait(0.05)
+
+        supervisor = threading.Thread(target=supervise)
+        supervisor.start()
+        try:
+            requests = ["a", "b", "poison", "c"]
+            results = list(broker.imap(requests, errors="return", heartbeat_interval=HEARTBEAT))
+            assert broker.apply("still serving") == "still serving"
+        finally:
+            supervisor_done.set()
+            supervisor.join()
+    assert results[:2] == ["a", "b"] and results[3] == "c"
+    error = results[2]
+    assert isinstance(error, pfmq.WorkerDiedError)
+    assert "request 2" in str(error) and "died 2 times" in str(error)
+
+
+def test_long_transformation_is_not_resent_while_its_worker_lives():
+    with cluster("sleepy", workers=1) as (broker, pool):
+        started = time.monotonic()
+        result = broker.apply({"value": 7, "sleep": 2.0}, timeout=0.3, num_retries=2)
+        assert result == 7
+        assert time.monotonic() - started >= 2.0
+        stats = broker.stats()
+    assert stats["requeued"] == 0 and stats["workers_lost"] == 0 and stats["completed"] == 1
+
+
+def test_broker_restart_on_same_address():
+    context = zmq.Context.instance()
+    probe = pfmq.Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", start=True)
+    backend, frontend = probe.backend_address, probe.frontend_address
+    probe.cancel()
+    code = ("import sys; sys.path.insert(0, sys.argv[3]); from pythonflow import pfmq; "
+            f"pfmq.Broker(sys.argv[1], sys.argv[2], heartbeat_interval={HEARTBEAT}).run()")
+
+    def start_broker():
+        return subprocess.Popen([sys.executable, "-c", code, backend, frontend,
+                                 os.path.dirname(HERE)])
+
+    brokers = [start_broker()]
+    pool = Pool(backend, "sleepy")
+    try:
+        pool.start(2)
+        task = pfmq.Task(sleepy_requests(300, longest=0.01), frontend, timeout=10,
+                         heartbeat_interval=HEARTBEAT, context=context)
+        results = []
+        for result in task:
+            results.append(result)
+            if len(results) in (60, 180):  # crash the broker and bring up a new one
+                brokers[-1].kill()
+                brokers[-1].wait(10)
+                brokers.append(start_broker())
+        assert results == list(range(300))
+    finally:
+        pool.close()
+        for broker in brokers:
+            if broker.poll() is None:
+                broker.kill()
+            broker.wait(10)
+
+
+def test_workers_join_and_leave_during_imap():
+    with cluster("sleepy", workers=1) as (broker, pool):
+        results = []
+        for result in broker.imap(sleepy_requests(300, longest=0.01),
+                                  heartbeat_interval=HEARTBEAT):
+            results.append(result)
+            if len(results) == 50:
+                pool.start(2)
+            if len(results) == 150:  # leave gracefully: prefetched requests go back
+                pool.kill(pool.alive[0], signal.SIGTERM)
+        stats = broker.stats()
+    assert results == list(range(300))
+    assert stats["workers_lost"] == 0
+
+
+def test_cancelled_worker_hands_back_prefetched_requests():
+    broker = pfmq.Broker("tcp://127.0.0.1:*", heartbeat_interval=HEARTBEAT, start=True)
+    first = pfmq.Worker(lambda r: time.sleep(0.3) or r, broker.backend_address, prefetch=4,
+                        heartbeat_interval=HEARTBEAT)
+    second = pfmq.Worker(lambda r: r, broker.backend_address, heartbeat_interval=HEARTBEAT)
+    threads = [threading.Thread(target=first.run)]
+    try:
+        threads[0].start()
+        task = broker.imap(range(5), heartbeat_interval=HEARTBEAT)
+        wait_for(lambda: first.executed == 0 and len(first._jobs) == 4, message="prefetch")
+        first.cancel()
+        threads.append(threading.Thread(target=second.run))
+        threads[1].start()
+        assert list(task) == list(range(5))
+        assert first.executed == 1
+        assert second.executed == 4
+        assert broker.stats()["requeued"] == 4
+    finally:
+        first.cancel()
+        second.cancel()
+        broker.cancel()
+        for thread in threads:
+            thread.join(10)
+
+
+def test_cancelled_task_is_dropped_at_the_broker_and_workers():
+    broker = pfmq.Broker("tcp://127.0.0.1:*", heartbeat_interval=HEARTBEAT, start=True)
+    worker = pfmq.Worker(lambda r: time.sleep(0.02) or r, broker.backend_address,
+                         heartbeat_interval=HEARTBEAT, prefetch=2)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        task = broker.imap(range(1000), heartbeat_interval=HEARTBEAT)
+        assert [next(task) for _ in range(3)] == [0, 1, 2]
+        task.cancel()
+        wait_for(lambda: broker.stats()["tasks"] == 0, message="the task to be forgotten")
+        stats = broker.stats()
+        assert stats["queued"] == 0 and stats["in_flight"] == 0
+        # The request running when the task was cancelled finishes; the prefetched ones do not.
+        wait_for(lambda: not worker._busy and not worker._jobs, message="the worker to be idle")
+        executed = worker.executed
+        # What ran: the three consumed, plus at most what was in flight or prefetched.
+        assert executed <= 3 + 2 * 3 + 1 + 3
+        assert broker.apply(5) == 5  # served promptly: nothing of the old task is left to do
+        assert worker.executed == executed + 1
+    finally:
+        worker.cancel()
+        broker.cancel()
+        thread.join(10)
+
+
+def test_task_whose_process_died_is_forgotten():
+    broker = pfmq.Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", heartbeat_interval=HEARTBEAT,
+                         start=True)
+    code = ("import sys, itertools; sys.path.insert(0, sys.argv[2]); from pythonflow import pfmq; "
+            "task = pfmq.Task(itertools.count(), sys.argv[1]); print('started', flush=True); "
+            "import time; time.sleep(60)")
+    consumer = subprocess.Popen([sys.executable, "-c", code, broker.frontend_address,
+                                 os.path.dirname(HERE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert consumer.stdout.readline().strip() == "started"
+        wait_for(lambda: broker.stats()["queued"] > 0, message="requests queued")
+        consumer.kill()
+        consumer.wait(10)
+        wait_for(lambda: broker.stats()["tasks"] == 0, timeout=10, message="task forgotten")
+        assert broker.stats()["queued"] == 0
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+        consumer.wait(10)
+        broker.cancel()
+
+
+def test_long_imap_does_not_starve_apply():
+    with cluster("sleepy", workers=2) as (broker, pool):
+        task = broker.imap([{"value": i, "sleep": 0.005} for i in range(600)],
+                           heartbeat_interval=HEARTBEAT)
+        assert next(task) == 0
+        started = time.monotonic()
+        assert broker.apply({"value": "urgent"}) == "urgent"
+        waited = time.monotonic() - started
+        rest = list(task)
+        total = time.monotonic() - started
+    assert rest == list(range(1, 600))
+    assert waited < 0.25 * total, (waited, total)
+
+
+def test_seeded_results_do_not_depend_on_workers_or_crashes():
+    requests = [{"sleep": 0.002} for _ in range(120)]
+    with cluster("seeded", workers=1) as (broker, pool):
+        alone = list(broker.imap(requests, seed=11, heartbeat_interval=HEARTBEAT))
+        pool.start(3)
+        wait_for(lambda: broker.stats()["workers"] == 4, message="4 workers")
+        crowd = []
+        for result in broker.imap(requests, seed=11, heartbeat_interval=HEARTBEAT):
+            crowd.append(result)
+            if len(crowd) == 30:
+                pool.kill(pool.alive[1])
+        other_seed = list(broker.imap(requests[:5], seed=12, heartbeat_interval=HEARTBEAT))
+    assert crowd == alone
+    assert len(set(alone)) == len(alone)
+    assert other_seed != alone[:5]
+
+
+def test_garbage_on_both_sockets_is_dropped_and_service_continues():
+    rng = random.Random(5)
+    kinds = list(protocol.Kind)
+    context = zmq.Context.instance()
+    with cluster("sleepy", workers=1) as (broker, pool):
+        attackers = []
+        for address in (broker.frontend_address, broker.backend_address):
+            sock = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(address)
+            attackers.append(sock)
+        for _ in range(3000):
+            sock = rng.choice(attackers)
+            kind = rng.choice(kinds)
+            header = bytes([rng.choice([1, 1, 1, 0, 2]), kind])
+            header += rng.randbytes(rng.choice([0, 4, 8, 13, 17, 21, 25, 29]))
+            frames = [header] + [rng.randbytes(rng.randrange(0, 40))
+                                 for _ in range(rng.randrange(0, 4))]
+            if rng.random() < 0.1:
+                frames = [rng.randbytes(rng.randrange(0, 8))]
+            sock.send_multipart(frames)
+        for sock in attackers:
+            sock.close()
+        results = list(broker.imap(sleepy_requests(100, longest=0.001),
+                                   heartbeat_interval=HEARTBEAT))
+        stats = broker.stats()
+    assert results == list(range(100))
+    assert stats["dropped"] > 1000
