@@ -341,10 +341,14 @@ class Worker:
                 body += [task_id, protocol.pack_job_id(spec[0])]
             sock.send_multipart(self._wire.pack(Kind.RETURN, body=body))
         deadline = time.monotonic() + self.timeout
+        ping = 0
         while (self._busy or self._results) and time.monotonic() < deadline:
             self._wakeup.clear()
             while self._results:
                 sock.send_multipart(self._results.popleft(), copy=False)
-            if self._busy:
-                zmq.select([self._wakeup], [], [], max(0.0, deadline - time.monotonic()))
+            if self._busy:  # keep the broker from presuming us dead while we finish
+                ping += 1
+                sock.send_multipart(self._wire.pack(Kind.PING, ping))
+                wait = min(self.heartbeat_interval, max(0.0, deadline - time.monotonic()))
+                zmq.select([self._wakeup], [], [], wait)
         sock.send_multipart(self._wire.pack(Kind.BYE))
