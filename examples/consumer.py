@@ -13,7 +13,7 @@ import argparse
 import time
 
 from pythonflow import pfmq
-from pythonflow.pfmq.demo import sample_image_path
+from pythonflow.data import sample_image_path
 
 
 def consume(apply, imap, images):

@@ -1,100 +1,58 @@
-"""The image transformation graph of the distributed data preparation guide.
+"""The image transformation graph of the distributed data preparation guide, in one process.
 
-An image is read with Pillow, multiplied by random noise and rotated by a random angle. Every
-step is an operation on imported modules (``pf.import_``), so the graph pickles without this file
-being importable where it is evaluated. Run the script to see the three stages side by side::
+The graph (:func:`pythonflow.pfmq.images.build_graph`) reads an image, multiplies it by random
+noise and rotates it by a random angle. Run the script to see the stages side by side::
 
-    python examples/image_transformation.py --image photo.jpg --output stages.png
+    python examples/image_transformation.py --image photo.jpg --output stages.png --seed 3
 
-The graph is importable as ``examples.image_transformation:graph``.
+The graph is importable as ``examples.image_transformation:graph``; workers use the same one as
+``pythonflow.pfmq.demo:build_graph``.
 """
 import argparse
 import os
+import random
+from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
-import pythonflow as pf
+from pythonflow.data import sample_image_path
+from pythonflow.pfmq.images import build_graph, side_by_side
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SAMPLE_IMAGE = os.path.join(os.path.dirname(HERE), "docs", "sample.png")
+__all__ = ["SAMPLE_IMAGE", "build_graph", "graph", "main", "side_by_side"]
 
-
-def build_graph(noise_scale: float = 0.25) -> pf.Graph:
-    """
-    Build the image transformation graph.
-
-    Parameters
-    ----------
-    noise_scale : float
-        Pixels are multiplied by noise drawn uniformly from ``[1 - noise_scale, 1)``.
-
-    Returns
-    -------
-    graph : pythonflow.Graph
-        Graph with the placeholder ``filename`` and the operations ``image`` (RGB floats in
-        [0, 1], height x width x 3), ``noise``, ``noisy_image``, ``angle`` (degrees in
-        [0, 360)) and ``rotated_image``.
-    """
-    with pf.Graph() as graph:
-        np_ = pf.import_("numpy")
-        pil_image = pf.import_("PIL.Image")
-        ndimage = pf.import_("scipy.ndimage")
-
-        filename = pf.placeholder("filename")
-        rgb = pil_image.open(filename).convert("RGB")
-        image = (np_.asarray(rgb, dtype="float64") / 255.0).set_name("image")
-        noise = (1.0 - np_.random.uniform(0.0, noise_scale, image.shape)).set_name("noise")
-        noisy_image = (image * noise).set_name("noisy_image")
-        angle = np_.random.uniform(0.0, 360.0).set_name("angle")
-        ndimage.rotate(noisy_image, angle, reshape=False).set_name("rotated_image")
-    return graph
-
+SAMPLE_IMAGE = sample_image_path()
+STAGES = ("image", "noisy_image", "rotated_image")
+LABELS = ("original", "noisy", "rotated")
 
 graph = build_graph()
 
 
-def side_by_side(images: list, gap: int = 8) -> Image.Image:
+def main(argv: Optional[Sequence[str]] = None) -> str:
     """
-    Compose float RGB images in [0, 1] of equal height into one picture, left to right.
+    Transform an image, write its stages side by side and print the path of the picture.
 
     Parameters
     ----------
-    images : list[numpy.ndarray]
-        Images of shape (height, width, 3).
-    gap : int
-        White pixels between images.
+    argv : sequence of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``); see ``--help``.
 
     Returns
     -------
-    picture : PIL.Image.Image
-        The composed RGB picture.
+    path : str
+        Absolute path of the PNG written.
     """
-    height = max(image.shape[0] for image in images)
-    width = sum(image.shape[1] for image in images) + gap * (len(images) - 1)
-    picture = Image.new("RGB", (width, height), (255, 255, 255))
-    left = 0
-    for image in images:
-        pixels = np.round(255 * np.clip(image, 0.0, 1.0)).astype(np.uint8)
-        picture.paste(Image.fromarray(pixels, "RGB"), (left, 0))
-        left += image.shape[1] + gap
-    return picture
-
-
-def main(argv=None) -> str:
-    """Transform an image, write the stages side by side and return the output path."""
     parser = argparse.ArgumentParser(description="Show the stages of the image transformation.")
     parser.add_argument("--image", default=SAMPLE_IMAGE, help="input image (default: sample)")
     parser.add_argument("--output", default="image_transformation.png", help="PNG to write")
-    parser.add_argument("--seed", type=int, default=None, help="seed numpy's generator")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed the random generators, for a reproducible picture")
     args = parser.parse_args(argv)
-    if args.seed is not None:
+    if args.seed is not None:  # the graph draws from both generators
         np.random.seed(args.seed)
+        random.seed(args.seed)
 
-    context = {"filename": args.image}
-    graph("rotated_image", context)  # fills the context with every intermediate image
-    stages = [context[graph[name]] for name in ("image", "noisy_image", "rotated_image")]
-    side_by_side(stages).save(args.output)
+    stages = graph(list(STAGES), filename=args.image)
+    side_by_side(stages, LABELS).save(args.output, format="PNG")
     path = os.path.abspath(args.output)
     print(path)
     return path

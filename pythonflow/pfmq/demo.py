@@ -1,106 +1,32 @@
-"""The image transformation pipeline and the ``pfmq demo`` command that runs it on a local cluster.
+"""The ``pfmq demo`` command: the image transformation graph on a local cluster.
 
-The graph reads an image with Pillow, scales it to ``[0, 1]``, multiplies it with random noise and
-rotates it by a random angle with scipy: the kind of augmentation a training loop asks for, batch
-after batch. Workers import it as ``pythonflow.pfmq.demo:build_graph``.
+The graph itself lives in :mod:`pythonflow.pfmq.images`; this module re-exports its builder so
+that workers find it as ``pythonflow.pfmq.demo:build_graph``.
 """
 import os
-import random
 import sys
-import tempfile
 import time
 from typing import Optional
 
-import numpy as np
-
-import pythonflow as pf
+from pythonflow.data import sample_image_path
 
 from . import launch
 from .cluster import LocalCluster
+from .images import (
+    add_noise,
+    build_graph,
+    load_image,
+    make_noise,
+    random_angle,
+    rotate,
+    side_by_side,
+)
+
+__all__ = ["GRAPH_REFERENCE", "build_graph", "load_image", "make_noise", "add_noise",
+           "random_angle", "rotate", "side_by_side", "sample_image_path", "run"]
 
 #: How workers find the graph: they import this module and call :func:`build_graph`.
 GRAPH_REFERENCE = "pythonflow.pfmq.demo:build_graph"
-
-
-def load_image(filename: str) -> np.ndarray:
-    """Read an image file as a ``float32`` RGB array with values in ``[0, 1]``."""
-    from PIL import Image
-
-    with Image.open(filename) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255
-
-
-def add_noise(image: np.ndarray, scale: float) -> np.ndarray:
-    """Darken each pixel by a random fraction up to ``scale`` (numpy's global generator, which
-    ``imap(..., seed=s)`` seeds per request)."""
-    return image * (1 - np.random.uniform(0, scale, image.shape)).astype(image.dtype)
-
-
-def random_angle(max_angle: float) -> float:
-    """A random angle in degrees between ``-max_angle`` and ``max_angle``."""
-    return random.uniform(-max_angle, max_angle)
-
-
-def rotate(image: np.ndarray, angle: float) -> np.ndarray:
-    """Rotate ``image`` by ``angle`` degrees about its centre, keeping its shape."""
-    from scipy import ndimage
-
-    return ndimage.rotate(image, angle, reshape=False, order=1, mode="constant")
-
-
-def build_graph(noise_scale: float = 0.25, max_angle: float = 45.0) -> pf.Graph:
-    """The image transformation graph.
-
-    Feed ``filename``; fetch ``image`` (the original), ``noisy_image``, ``angle`` or
-    ``rotated_image``.
-    """
-    # Import the heavy libraries now, so that a worker pays for them when it starts rather than
-    # in its first request.
-    import PIL.Image  # noqa: F401
-    import scipy.ndimage  # noqa: F401
-
-    with pf.Graph() as graph:
-        filename = pf.placeholder("filename")
-        image = pf.func_op(load_image, filename).set_name("image")
-        noisy_image = pf.func_op(add_noise, image, noise_scale).set_name("noisy_image")
-        angle = pf.func_op(random_angle, max_angle).set_name("angle")
-        pf.func_op(rotate, noisy_image, angle).set_name("rotated_image")
-    return graph
-
-
-def sample_image_path() -> str:
-    """The sample image shipped with pythonflow, or a generated one if it is not installed."""
-    try:
-        from pythonflow.data import sample_image_path as shipped
-
-        return shipped()
-    except (ImportError, OSError):  # installed without its data files
-        pass
-    from PIL import Image
-
-    path = os.path.join(tempfile.mkdtemp(prefix="pfmq-demo-"), "sample.png")
-    y, x = np.mgrid[0:256, 0:256] / 255.0
-    rgb = np.stack([x, y, 0.5 + 0.5 * np.sin(8 * np.pi * x * y)], axis=-1)
-    Image.fromarray((rgb * 255).astype(np.uint8)).save(path)
-    return path
-
-
-def save_comparison(images, labels, path: str) -> None:
-    """Write ``images`` (float arrays in ``[0, 1]``) side by side, labelled, as one PNG."""
-    from PIL import Image, ImageDraw
-
-    gap, caption = 8, 18
-    height = max(image.shape[0] for image in images)
-    width = sum(image.shape[1] for image in images) + gap * (len(images) - 1)
-    canvas = Image.new("RGB", (width, height + caption), "white")
-    draw = ImageDraw.Draw(canvas)
-    left = 0
-    for image, label in zip(images, labels):
-        pixels = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-        canvas.paste(Image.fromarray(pixels), (left, caption))
-        draw.text((left + 2, 3), label, fill="black")
-        left += image.shape[1] + gap
-    canvas.save(path, format="PNG")
 
 
 def _throughput(cluster, requests, description: str) -> float:
@@ -135,6 +61,7 @@ def run(images: int = 64, workers: Optional[int] = None, output: str = "pfmq-dem
                      "context": {"filename": filename}}, seed=0)
     if workers > 1:
         print(f"  speed-up    {rates[workers] / rates[1]:8.2f}x with {workers} workers")
-    save_comparison([original, noisy, rotated], ["original", "noisy", "rotated"], output)
+    picture = side_by_side([original, noisy, rotated], ["original", "noisy", "rotated"])
+    picture.save(output, format="PNG")
     print(f"wrote {os.path.abspath(output)}")
     return 0
