@@ -107,6 +107,8 @@ class Broker:
         Peers sending larger messages are disconnected (ZeroMQ ``MAXMSGSIZE``).
     key : bytes or str, optional
         Shared key for signed messages; defaults to the ``PFMQ_KEY`` environment variable.
+    curve : pythonflow.pfmq.security.CurveServer, optional
+        Encrypt and authenticate ``tcp://`` and ``ipc://`` connections with CurveZMQ.
     context : zmq.Context, optional
         Defaults to the process-wide instance, which ``inproc://`` tasks share.
     """
@@ -114,7 +116,7 @@ class Broker:
     def __init__(self, backend_address: str, frontend_address: Optional[str] = None,
                  start: bool = False, *, heartbeat_interval: float = HEARTBEAT_INTERVAL,
                  heartbeat_liveness: int = HEARTBEAT_LIVENESS, max_attempts: int = 3,
-                 max_message_size: Optional[int] = None, key=None,
+                 max_message_size: Optional[int] = None, key=None, curve=None,
                  context: Optional[zmq.Context] = None):
         self.backend_address = check_address(backend_address)
         self.frontend_address = check_address(
@@ -124,6 +126,8 @@ class Broker:
         self.max_attempts = max_attempts
         self.max_message_size = max_message_size
         self.key = resolve_key(key)
+        self.curve = curve
+        self._own_curve = curve and curve.client()  # for stats/apply/imap over the frontend
         self.context = context or zmq.Context.instance()
         self.incarnation = int.from_bytes(os.urandom(8), "big") >> 1
         self._wire = protocol.Wire(self.key)
@@ -227,6 +231,8 @@ class Broker:
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a peer reconnecting with its id takes over
         if self.max_message_size:
             sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
+        if self.curve is not None and not address.startswith("inproc://"):
+            self.curve.configure(sock)
         try:
             sock.bind(address)
         except zmq.ZMQError as exc:
@@ -479,7 +485,8 @@ class Broker:
         if self._running.is_set() and threading.current_thread() is not self._loop_thread:
             from .task import query_status
 
-            return query_status(self.frontend_address, key=self.key, context=self.context)
+            return query_status(self.frontend_address, key=self.key, context=self.context,
+                                curve=self._own_curve)
         workers = {w.id.hex(): {"capacity": w.capacity, "credit": w.credit,
                                 "in_flight": len(w.jobs), "completed": w.completed}
                    for w in self.workers.values()}
@@ -501,6 +508,7 @@ class Broker:
         from .task import apply
 
         task_options.setdefault("key", self.key)
+        task_options.setdefault("curve", self._own_curve)
         return apply(request, self.frontend_address, context=self.context, **task_options)
 
     def imap(self, requests, **task_options):
@@ -508,5 +516,6 @@ class Broker:
         from .task import Task
 
         task_options.setdefault("key", self.key)
+        task_options.setdefault("curve", self._own_curve)
         task_options.setdefault("heartbeat_interval", self.heartbeat_interval)
         return Task(requests, self.frontend_address, context=self.context, **task_options)

@@ -22,9 +22,22 @@ def resolve_key(key=None) -> Optional[bytes]:
     return key
 
 
-def dealer(context: zmq.Context, address: str, routing_id: bytes) -> zmq.Socket:
-    """A DEALER socket connected to ``address`` that never blocks a send and never lingers."""
+def key_hint(key) -> str:
+    """Words added to "no answer from the broker" when a key is set: a mismatch looks the same."""
+    if key is None:
+        return ""
+    return " (a key is set: a key that differs from the broker's, see PFMQ_KEY, may be the cause)"
+
+
+def dealer(context: zmq.Context, address: str, routing_id: bytes, curve=None) -> zmq.Socket:
+    """A DEALER socket connected to ``address`` that never blocks a send and never lingers.
+
+    ``curve`` (a :class:`~pythonflow.pfmq.security.CurveClient`) encrypts the connection unless
+    ``address`` is ``inproc://``.
+    """
     sock = context.socket(zmq.DEALER)
+    if curve is not None and not address.startswith("inproc://"):
+        curve.configure(sock)
     sock.setsockopt(zmq.ROUTING_ID, routing_id)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 0)

@@ -37,6 +37,7 @@ from .common import (
     Wakeup,
     check_address,
     dealer,
+    key_hint,
     resolve_key,
     waiting_messages,
 )
@@ -132,6 +133,7 @@ class _TaskIO:
         self.ping_interval = min(heartbeat_interval, timeout / 3)
         self.max_batch = max_batch
         self.target_job_seconds = target_job_seconds
+        self.curve = None  # a CurveClient, set by Task
         self.outbox = _Outbox()
         self.wakeup = None  # set when a consumer in another thread must be able to wake us
         self.cancelled = False
@@ -159,7 +161,7 @@ class _TaskIO:
         """
         own_socket = sock is None
         if own_socket:
-            sock = dealer(self.context, self.address, protocol.new_id())
+            sock = dealer(self.context, self.address, protocol.new_id(), self.curve)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         if self.wakeup is not None:
@@ -190,7 +192,8 @@ class _TaskIO:
                     last_heard = time.monotonic()
                     if silent_timeouts >= self.num_retries:
                         raise TimeoutError(f"no answer from the broker at {self.address} for "
-                                           f"{self.timeout * silent_timeouts:.0f} s")
+                                           f"{self.timeout * silent_timeouts:.0f} s"
+                                           f"{key_hint(self.wire.key)}")
                     LOGGER.warning("no answer from the broker at %s for %.1f s; still trying",
                                    self.address, self.timeout)
             self.outbox.close()
@@ -379,6 +382,8 @@ class Task:
         Shared key for signed messages; defaults to ``PFMQ_KEY``.
     serializer : Serializer or str, optional
         Instead of ``dumps``/``loads``.
+    curve : pythonflow.pfmq.security.CurveClient, optional
+        Encrypt the connection to the broker with CurveZMQ.
     heartbeat_interval : float
         Seconds between pings to the broker.
     max_batch : int
@@ -390,7 +395,7 @@ class Task:
     def __init__(self, requests: Iterable, frontend_address: str, dumps=None, loads=None,
                  start: bool = True, timeout: float = 10, num_retries: int = 3,
                  cache_size: int = 64, ordered: bool = True, *, errors: str = "raise",
-                 seed: Optional[int] = None, key=None, serializer=None,
+                 seed: Optional[int] = None, key=None, serializer=None, curve=None,
                  heartbeat_interval: float = HEARTBEAT_INTERVAL, max_batch: int = 256,
                  target_job_seconds: float = 0.005, context: Optional[zmq.Context] = None):
         if errors not in ERRORS:
@@ -408,6 +413,7 @@ class Task:
             protocol.Wire(resolve_key(key)), context or zmq.Context.instance(), timeout,
             num_retries, cache_size, ordered, seed, heartbeat_interval, max_batch,
             target_job_seconds)
+        self._io.curve = curve
         self._thread = None
         self._finalizer = weakref.finalize(self, _TaskIO.cancel, self._io)
         if start:
@@ -520,9 +526,10 @@ def apply(request, frontend_address: str, **task_options) -> Any:
     task = Task([request], frontend_address, **task_options)
     io = task._io
     cache = _apply_sockets.__dict__.setdefault(os.getpid(), {})
-    key = (id(io.context), io.address, io.wire.key)
+    key = (id(io.context), io.address, io.wire.key, id(io.curve))
     if key not in cache:
-        cache[key] = (dealer(io.context, io.address, protocol.new_id()), itertools.count())
+        cache[key] = (dealer(io.context, io.address, protocol.new_id(), io.curve),
+                      itertools.count())
     sock, io.job_ids = cache[key]
     task._thread = threading.current_thread()
     try:
@@ -534,11 +541,11 @@ def apply(request, frontend_address: str, **task_options) -> Any:
 
 
 def query_status(frontend_address: str, key=None, timeout: float = 5.0,
-                 context: Optional[zmq.Context] = None) -> dict:
+                 context: Optional[zmq.Context] = None, curve=None) -> dict:
     """Ask the broker at ``frontend_address`` for its statistics (see ``Broker.stats``)."""
     wire = protocol.Wire(resolve_key(key))
     sock = dealer(context or zmq.Context.instance(), check_address(frontend_address),
-                  protocol.new_id())
+                  protocol.new_id(), curve)
     try:
         sock.send_multipart(wire.pack(Kind.STATUS))
         if not sock.poll(timeout * 1000):

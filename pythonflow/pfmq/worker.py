@@ -34,6 +34,7 @@ from .common import (
     Wakeup,
     check_address,
     dealer,
+    key_hint,
     resolve_key,
     waiting_messages,
 )
@@ -109,6 +110,8 @@ class Worker:
         Shared key for signed messages; defaults to ``PFMQ_KEY``.
     serializer : Serializer or str, optional
         Instead of ``dumps``/``loads``.
+    curve : pythonflow.pfmq.security.CurveClient, optional
+        Encrypt the connection to the broker with CurveZMQ.
     context : zmq.Context, optional
         Defaults to the process-wide instance.
     """
@@ -117,7 +120,7 @@ class Worker:
                  start: bool = False, timeout: float = 10, num_retries: Optional[int] = None,
                  prefetch: int = 1, *, heartbeat_interval: float = HEARTBEAT_INTERVAL,
                  heartbeat_liveness: int = HEARTBEAT_LIVENESS, key=None, serializer=None,
-                 context: Optional[zmq.Context] = None):
+                 curve=None, context: Optional[zmq.Context] = None):
         if not callable(target):
             raise TypeError(f"target must be callable, not {type(target).__name__}")
         if prefetch < 0:
@@ -131,6 +134,7 @@ class Worker:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
         self.key = resolve_key(key)
+        self.curve = curve
         self.context = context or zmq.Context.instance()
         self.routing_id = protocol.new_id()
         self.executed = 0  # requests evaluated, for statistics and tests
@@ -249,7 +253,7 @@ class Worker:
 
     def _communicate(self):
         try:
-            sock = dealer(self.context, self.address, self.routing_id)
+            sock = dealer(self.context, self.address, self.routing_id, self.curve)
         except zmq.ZMQError as exc:
             self.error = OSError(exc.errno, f"cannot connect to {self.address}: {exc.strerror}")
             with self._jobs_changed:
@@ -283,12 +287,12 @@ class Worker:
                     if time.monotonic() - last_heard > self.timeout:
                         silent_timeouts += 1
                         last_heard = time.monotonic()
-                        LOGGER.warning("no word from the broker at %s for %.1f s",
-                                       self.address, self.timeout)
+                        LOGGER.warning("no word from the broker at %s for %.1f s%s",
+                                       self.address, self.timeout, key_hint(self.key))
                         if self.num_retries is not None and silent_timeouts >= self.num_retries:
                             self.error = TimeoutError(
                                 f"no answer from the broker at {self.address} for "
-                                f"{self.timeout * silent_timeouts:.0f} s")
+                                f"{self.timeout * silent_timeouts:.0f} s{key_hint(self.key)}")
                             return
                     continue
                 last_heard = time.monotonic()
