@@ -117,8 +117,12 @@ def test_stats_and_query_status_over_tcp():
         remote = pfmq.query_status(broker.frontend_address)
         assert remote["incarnation"] == stats["incarnation"]
         assert (remote["completed"], remote["workers"]) == (5, 2)
+        assert sum(broker.imap(range(50))) == 2 * sum(range(50))
+        stats = broker.stats()
+        assert stats["completed"] == 55, "completed counts requests, however they were batched"
+        assert sum(w["completed"] for w in stats["per_worker"].values()) == 55
     # Once stopped, the broker reports its own figures.
-    assert broker.stats()["completed"] == 5
+    assert broker.stats()["completed"] == 55
 
 
 # -- apply and imap -----------------------------------------------------------------------------

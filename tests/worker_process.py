@@ -46,6 +46,16 @@ def sleep_seconds(request: tuple) -> Any:
     return value
 
 
+def mark_and_sleep(request: tuple) -> str:
+    """``request`` is ``(path, seconds)``: create the file ``path`` (so that a test knows the
+    request is being evaluated), sleep, then return the path."""
+    path, seconds = request
+    with open(path, "w"):
+        pass
+    time.sleep(seconds)
+    return path
+
+
 def failing_target(request: Any) -> Any:
     """Raise ``ValueError`` for negative numbers, else return the request doubled."""
     if request < 0:
@@ -79,6 +89,7 @@ TARGETS: Dict[str, Callable[[Any], Any]] = {
     "double": double,
     "sleep-random": sleep_random,
     "sleep": sleep_seconds,
+    "mark-and-sleep": mark_and_sleep,
     "raise": failing_target,
     "array+1": array_plus_one,
     "unpicklable-result": unpicklable_result,
