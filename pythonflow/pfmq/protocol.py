@@ -205,7 +205,7 @@ class Wire:
         """
         if self.key is not None:
             if len(frames) < 2:
-                raise ProtocolError("unsigned message")
+                raise ProtocolError("unsigned message: no signature frame")
             signature = bytes(_buffer(frames[-1]))
             frames = frames[:-1]
             if not hmac.compare_digest(signature, self._sign(frames)):
