@@ -1,4 +1,4 @@
-"""The ``pfmq`` command: run a broker, workers, query a broker, run the demo or the benchmarks.
+"""The ``pfmq`` command: run a broker or workers, query a broker, make keys, demo, benchmarks.
 
 Every command has ``--help``. Mistakes in the command line (an unknown option, an address that
 does not parse, a port in use, a graph reference that does not import) end the command with a
@@ -15,7 +15,7 @@ from typing import List, Optional
 import zmq
 
 from . import launch
-from .common import check_address
+from .common import check_address, resolve_key
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5556"
@@ -62,6 +62,83 @@ def _stop_on_signals():
     signal.signal(signal.SIGTERM, handler)
 
 
+# -- keys and encryption --------------------------------------------------------------------------
+
+
+def _read_key(args) -> Optional[bytes]:
+    """The key of ``--key-file`` (surrounding whitespace stripped), else ``PFMQ_KEY``, else None."""
+    if getattr(args, "key_file", None) is None:
+        return resolve_key()
+    try:
+        with open(args.key_file, "rb") as file:
+            key = file.read().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the key file {args.key_file!r}: {exc.strerror}") from None
+    if not key:
+        raise UsageError(f"the key file {args.key_file!r} is empty")
+    return key
+
+
+def _curve_server(args):
+    if args.curve_cert is None:
+        if args.curve_clients is not None:
+            raise UsageError("--curve-clients needs --curve-cert (the broker's secret certificate)")
+        return None
+    from .security import CurveServer
+
+    try:
+        server = CurveServer.from_files(args.curve_cert, args.curve_clients)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.curve_clients is None:
+        LOGGER.warning("CURVE without --curve-clients: traffic is encrypted but any client may "
+                       "connect")
+    return server
+
+
+def _curve_client(args):
+    if (args.curve_cert is None) != (args.curve_server is None):
+        raise UsageError("CURVE needs both --curve-cert (this side's secret certificate) and "
+                         "--curve-server (the broker's public certificate)")
+    if args.curve_cert is None:
+        return None
+    from .security import CurveClient
+
+    try:
+        return CurveClient.from_files(args.curve_server, args.curve_cert)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check_exposure(addresses, key, curve, insecure: bool) -> None:
+    """Raise ``UsageError`` when binding beyond loopback with neither a key nor CURVE."""
+    from .security import is_loopback
+
+    try:
+        for address in addresses:  # a malformed address is reported as such, not as exposed
+            check_address(address)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    exposed = [address for address in addresses if not is_loopback(address)]
+    if exposed and key is None and curve is None and not insecure:
+        raise UsageError(f"refusing to bind {exposed[0]} without a key or CURVE: anyone who can "
+                         "reach it could run code on the workers (set PFMQ_KEY, give --key-file "
+                         "or --curve-cert, or pass --insecure)")
+
+
+def run_keygen(args) -> int:
+    """``pfmq keygen``: write a CURVE key pair as certificate files."""
+    from .security import generate_certificates
+
+    try:
+        public, secret = generate_certificates(args.directory, args.name)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
+    print(f"public key:  {public}  (give it to the peers)")
+    print(f"secret key:  {secret}  (keep it private)")
+    return 0
+
+
 # -- commands -------------------------------------------------------------------------------------
 
 
@@ -70,8 +147,12 @@ def run_broker(args) -> int:
     from .broker import Broker
 
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    key = _read_key(args)
+    curve = _curve_server(args)
+    check_exposure([args.frontend, args.backend], key, curve, args.insecure)
     try:
-        broker = Broker(args.backend, args.frontend, heartbeat_interval=args.heartbeat_interval)
+        broker = Broker(args.backend, args.frontend, heartbeat_interval=args.heartbeat_interval,
+                        key=key, curve=curve)
         broker.run_async()
     except OSError as exc:
         raise UsageError(exc.strerror or str(exc)) from None
@@ -99,7 +180,8 @@ def run_worker(args) -> int:
     except Exception as exc:  # whatever importing the user's module raised
         raise UsageError(f"cannot load {args.reference!r}: {exc}") from None
     options = {"prefetch": args.prefetch, "timeout": args.timeout,
-               "num_retries": args.num_retries, "heartbeat_interval": args.heartbeat_interval}
+               "num_retries": args.num_retries, "heartbeat_interval": args.heartbeat_interval,
+               "key": _read_key(args), "curve": _curve_client(args)}
     if args.serializer:
         options["serializer"] = args.serializer
     LOGGER.info("serving %s for the broker at %s in %d process(es)", args.reference, args.address,
@@ -149,7 +231,8 @@ def run_status(args) -> int:
 
     _check_connect_address(args.frontend)
     try:
-        stats = query_status(args.frontend, timeout=args.timeout)
+        stats = query_status(args.frontend, key=_read_key(args), timeout=args.timeout,
+                             curve=_curve_client(args))
     except TimeoutError as exc:
         raise UsageError(f"{exc} (is a broker running there? is PFMQ_KEY the same?)") from None
     print(json.dumps(stats, indent=2) if args.json else format_status(stats, args.frontend))
@@ -218,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--serializer", default=None,
                         help="serializer name, e.g. msgpack (default: pickle)")
 
+    broker.add_argument("--insecure", action="store_true",
+                        help="allow binding a non-loopback address without a key or CURVE")
+    broker.add_argument("--curve-clients", metavar="DIR",
+                        help="directory of the public certificates of the workers and tasks "
+                        "allowed in (default with --curve-cert: any client)")
+
     for sub in (broker, worker):
         sub.add_argument("--heartbeat-interval", type=float, default=1.0, metavar="SECONDS",
                          help="seconds between heartbeats (default: %(default)s)")
@@ -232,6 +321,24 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                         help="seconds to wait for an answer (default: %(default)s)")
     status.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    for sub in (broker, worker, status):
+        sub.add_argument("--key-file", metavar="PATH",
+                         help="file holding the shared key that signs every message (default: "
+                         "the PFMQ_KEY environment variable, else unsigned)")
+        sub.add_argument("--curve-cert", metavar="PATH",
+                         help="this side's CURVE secret certificate (NAME.key_secret from pfmq "
+                         "keygen); encrypts tcp:// traffic")
+    for sub in (worker, status):
+        sub.add_argument("--curve-server", metavar="PATH",
+                         help="the broker's CURVE public certificate (NAME.key)")
+
+    keygen = commands.add_parser("keygen", help="write a CURVE key pair",
+                                 description="Write a CURVE key pair as certificate files "
+                                 "DIR/NAME.key (public: give it to the peers) and "
+                                 "DIR/NAME.key_secret (private).")
+    keygen.add_argument("directory", metavar="DIR", help="where to write (created if missing)")
+    keygen.add_argument("--name", default="pfmq", help="file name stem (default: %(default)s)")
 
     demo = commands.add_parser("demo", help="run the image transformation demo",
                                description="Run the image transformation pipeline on a local "
@@ -257,7 +364,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return run_bench(argv[1:])
         args = build_parser().parse_args(argv)
         return {"broker": run_broker, "worker": run_worker, "status": run_status,
-                "demo": run_demo}[args.command](args)
+                "demo": run_demo, "keygen": run_keygen}[args.command](args)
     except UsageError as exc:
         command = f"pfmq {argv[0]}" if argv else "pfmq"
         print(f"{command}: error: {exc}", file=sys.stderr)
