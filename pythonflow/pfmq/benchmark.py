@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import pickle
 import platform
 import sys
@@ -583,7 +584,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 if pfmq misses a target")
+    parser.add_argument("--key", help="sign every pfmq message with this key, as PFMQ_KEY does "
+                        "(to measure what signing costs)")
     args = parser.parse_args(argv)
+    if args.key:  # read by the broker, the tasks and the worker processes (which inherit it)
+        os.environ["PFMQ_KEY"] = args.key
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     def progress(message):
@@ -594,6 +599,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"pfmq benchmark ({settings['mode']}): {settings['cpus']} CPUs, "
           f"Python {settings['python']}, pyzmq {settings['pyzmq']}, libzmq {settings['libzmq']}")
     print(f"the pfmq workers of W1 evaluate a {settings['w1_target']}")
+    print("pfmq messages are signed (HMAC-SHA256)" if os.environ.get("PFMQ_KEY")
+          else "pfmq messages are not signed")
     print(format_table(rows))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
