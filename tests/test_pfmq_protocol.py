@@ -110,7 +110,7 @@ def test_wrong_key_and_unsigned_peers_are_refused():
     with pytest.raises(ProtocolError, match="signature"):
         Wire(KEY).unpack(Wire().pack(Kind.CANCEL))
     with pytest.raises(ProtocolError, match="signature"):
-        Wire(KEY).unpack(Wire().pack(Kind.PING, 3, body=[b"x"]))
+        Wire(KEY).unpack(Wire().pack(Kind.PING, 3, 1000, body=[b"x"]))
     assert Wire(KEY.decode()).unpack(signed_submit())[0] is Kind.SUBMIT  # str keys work
     with pytest.raises(ValueError, match="empty"):
         Wire(b"")

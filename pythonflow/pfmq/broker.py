@@ -61,25 +61,27 @@ class _Job:
 
 
 class _TaskRecord:
-    __slots__ = ("id", "queue", "pending", "last_seen", "ready")
+    __slots__ = ("id", "queue", "pending", "last_seen", "lapse", "ready")
 
-    def __init__(self, task_id, now):
+    def __init__(self, task_id, now, lapse):
         self.id = task_id
         self.queue = collections.deque()  # jobs waiting for a worker
         self.pending = {}  # job id -> job not yet settled, queued or held
         self.last_seen = now
+        self.lapse = lapse  # silent this long: presumed gone
         self.ready = False  # listed in the round robin of tasks with queued jobs
 
 
 class _WorkerRecord:
-    __slots__ = ("id", "capacity", "credit", "jobs", "last_seen", "completed")
+    __slots__ = ("id", "capacity", "credit", "jobs", "last_seen", "lapse", "completed")
 
-    def __init__(self, worker_id, capacity, credit, now):
+    def __init__(self, worker_id, capacity, credit, now, lapse):
         self.id = worker_id
         self.capacity = capacity
         self.credit = credit
         self.jobs = {}  # (task id, job id) -> job, in the order sent
         self.last_seen = now
+        self.lapse = lapse  # silent this long: presumed dead
         self.completed = 0
 
 
@@ -299,19 +301,20 @@ class Broker:
             self._send(self.frontend, task_id, Kind.STATUS_REPLY,
                        body=[json.dumps(self.stats()).encode()])
             return
+        if kind not in (Kind.SUBMIT, Kind.PING):
+            raise ProtocolError(f"{kind.name} is not a task message")
         if task is None:
-            task = self.tasks[task_id] = _TaskRecord(task_id, self.now)
+            task = self.tasks[task_id] = _TaskRecord(task_id, self.now, self._default_lapse)
         task.last_seen = self.now
         if kind is Kind.SUBMIT:
             protocol.check_job(fields)
             if fields[0] not in task.pending:  # a resent job the broker still has is ignored
                 job = task.pending[fields[0]] = _Job(task_id, fields, body)
                 self._enqueue(task, job)
-        elif kind is Kind.PING:
+        else:
+            task.lapse = self._lapse(fields[1])
             self._send(self.frontend, task_id, Kind.PONG, self.incarnation, fields[0],
                        self.capacity, len(task.pending), True)
-        else:
-            raise ProtocolError(f"{kind.name} is not a task message")
 
     def _enqueue(self, task, job, front=False):
         if front:
@@ -355,6 +358,15 @@ class Broker:
     # -- workers ---------------------------------------------------------------------------------
 
     @property
+    def _default_lapse(self):
+        """Silence after which a peer that has not said its heartbeat interval is presumed gone."""
+        return self.heartbeat_interval * self.heartbeat_liveness
+
+    def _lapse(self, interval_ms):
+        """Silence after which a peer pinging every ``interval_ms`` is presumed gone."""
+        return max(interval_ms, 1) / 1000 * self.heartbeat_liveness
+
+    @property
     def capacity(self) -> int:
         """Requests all workers can hold at once."""
         return sum(worker.capacity for worker in self.workers.values())
@@ -366,6 +378,8 @@ class Broker:
         if kind is Kind.DONE:
             self._on_done(worker, fields, body)
         elif kind is Kind.PING:
+            if worker is not None:
+                worker.lapse = self._lapse(fields[1])
             self._send(self.backend, worker_id, Kind.PONG, self.incarnation, fields[0],
                        self.capacity, len(worker.jobs) if worker else 0, worker is not None)
         elif kind is Kind.READY:
@@ -373,7 +387,7 @@ class Broker:
             credit = min(fields[1], capacity)
             if worker is None:
                 worker = self.workers[worker_id] = _WorkerRecord(
-                    worker_id, capacity, credit, self.now)
+                    worker_id, capacity, credit, self.now, self._default_lapse)
                 LOGGER.info("worker %s joined with %d slots", worker_id.hex()[:8], capacity)
             worker.capacity, worker.credit = capacity, credit
         elif kind is Kind.RETURN and worker is not None:
@@ -461,15 +475,12 @@ class Broker:
                 self._remove_worker(worker, died=False)
 
     def _expire_silent_peers(self):
-        deadline = self.now - self.heartbeat_interval * self.heartbeat_liveness
-        for worker in [w for w in self.workers.values() if w.last_seen < deadline]:
+        for worker in [w for w in self.workers.values() if self.now - w.last_seen > w.lapse]:
             LOGGER.warning("worker %s missed %d heartbeats; presumed dead, %d jobs requeued",
                            worker.id.hex()[:8], self.heartbeat_liveness, len(worker.jobs))
             self.counters["workers_lost"] += 1
             self._remove_worker(worker, died=True)
-        # Tasks may ping at their own (default) interval, so they get at least the default grace.
-        task_deadline = min(deadline, self.now - HEARTBEAT_INTERVAL * HEARTBEAT_LIVENESS)
-        for task in [t for t in self.tasks.values() if t.last_seen < task_deadline]:
+        for task in [t for t in self.tasks.values() if self.now - t.last_seen > t.lapse]:
             LOGGER.info("task %s went silent; forgetting its %d jobs",
                         task.id.hex()[:8], len(task.pending))
             self._forget_task(task)

@@ -32,13 +32,13 @@ task -> broker
 SUBMIT                  job                         payload (the serialised list of requests)
 CANCEL                  --                          --
 STATUS                  --                          --
-PING                    ping                        --
+PING                    ping, interval_ms           --
 worker -> broker
 READY                   capacity, credit            --
 DONE                    job_id, status, elapsed     task id, payload (serialised outcomes)
 RETURN                  --                          task id, job id (8 bytes), repeated
 BYE                     --                          --
-PING                    ping                        --
+PING                    ping, interval_ms           --
 broker -> worker
 JOB                     job                         task id, payload
 REVOKE                  --                          task id
@@ -53,6 +53,9 @@ PONG                    see below                   --
 ``job`` is ``(job_id, first_index, count, has_seed, seed)``: a job carries ``count`` requests,
 the first of which is request number ``first_index`` of its task; ``seed`` (valid when
 ``has_seed``) seeds each request's random generators with ``(seed, index)``.
+
+A ``PING`` carries the sender's heartbeat interval in milliseconds: the broker presumes a peer
+gone after ``heartbeat_liveness`` of *its* intervals, whatever the broker's own.
 
 ``PONG`` answers a ``PING`` with ``(incarnation, ping, capacity, pending, registered)``: the
 broker's random id for this run, the ping number it answers, the number of request slots of all
@@ -114,7 +117,7 @@ FIELDS = {
     Kind.SUBMIT: _JOB,
     Kind.CANCEL: "",
     Kind.STATUS: "",
-    Kind.PING: "I",
+    Kind.PING: "II",
     Kind.READY: "II",
     Kind.DONE: "QBd",
     Kind.RETURN: "",

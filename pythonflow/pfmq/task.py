@@ -131,6 +131,7 @@ class _TaskIO:
         self.ordered = ordered
         self.seed = seed
         self.ping_interval = min(heartbeat_interval, timeout / 3)
+        self.ping_interval_ms = max(1, round(self.ping_interval * 1000))
         self.max_batch = max_batch
         self.target_job_seconds = target_job_seconds
         self.curve = None  # a CurveClient, set by Task
@@ -173,12 +174,14 @@ class _TaskIO:
         next_ping = last_heard + (0 if own_socket else self.ping_interval)
         silent_timeouts = 0
         try:
-            while not self.cancelled and not self._finished():
+            while not self.cancelled:
                 self._submit_new_jobs()
+                if self._finished():
+                    break
                 now = time.monotonic()
                 if now >= next_ping:
                     self.ping += 1
-                    sock.send_multipart(self.wire.pack(Kind.PING, self.ping))
+                    sock.send_multipart(self.wire.pack(Kind.PING, self.ping, self.ping_interval_ms))
                     next_ping = now + self.ping_interval
                 events = dict(poller.poll(max(0.0, next_ping - now) * 1000))
                 if self.wakeup in events:

@@ -133,6 +133,7 @@ class Worker:
         self.prefetch = prefetch
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
+        self._interval_ms = max(1, round(heartbeat_interval * 1000))
         self.key = resolve_key(key)
         self.curve = curve
         self.context = context or zmq.Context.instance()
@@ -275,7 +276,7 @@ class Worker:
                 now = time.monotonic()
                 if now >= next_ping:
                     ping += 1
-                    sock.send_multipart(self._wire.pack(Kind.PING, ping))
+                    sock.send_multipart(self._wire.pack(Kind.PING, ping, self._interval_ms))
                     next_ping = now + self.heartbeat_interval
                 events = dict(poller.poll(max(0.0, next_ping - now) * 1000))
                 if self._wakeup in events:
@@ -352,7 +353,7 @@ class Worker:
                 sock.send_multipart(self._results.popleft(), copy=False)
             if self._busy:  # keep the broker from presuming us dead while we finish
                 ping += 1
-                sock.send_multipart(self._wire.pack(Kind.PING, ping))
+                sock.send_multipart(self._wire.pack(Kind.PING, ping, self._interval_ms))
                 wait = min(self.heartbeat_interval, max(0.0, deadline - time.monotonic()))
                 zmq.select([self._wakeup], [], [], wait)
         sock.send_multipart(self._wire.pack(Kind.BYE))
