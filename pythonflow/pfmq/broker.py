@@ -263,8 +263,7 @@ class Broker:
             if self.now >= next_check:
                 self._expire_silent_peers()
                 next_check = self.now + self.heartbeat_interval
-            if self._wakeup in events:
-                self._wakeup.clear()
+            self._wakeup.clear_if_woken(events)
 
     def _drain(self, sock, handle):
         for frames in waiting_messages(sock, _DRAIN):

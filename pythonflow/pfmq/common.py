@@ -98,13 +98,22 @@ class Wakeup:
 
     def clear(self) -> None:
         """Acknowledge wake-ups; call before looking at the state that they announce."""
-        with self._lock:
-            self._pending = False
+        # Drain first, then re-arm: a set() between the two finds the flag still up and writes
+        # nothing, which is safe because its news is in the state the caller looks at next; a
+        # set() after re-arming writes a byte that no drain of ours can swallow.
         try:
             while self._reader.recv(4096):
                 pass
         except (BlockingIOError, OSError):
             pass
+        with self._lock:
+            self._pending = False
+
+    def clear_if_woken(self, events: dict) -> None:
+        """:meth:`clear` if ``events`` (from ``zmq.Poller.poll``, which reports the descriptor,
+        not this object) says this wake-up fired."""
+        if self._reader.fileno() in events:
+            self.clear()
 
     def close(self) -> None:
         """Release both sockets."""

@@ -184,8 +184,8 @@ class _TaskIO:
                     sock.send_multipart(self.wire.pack(Kind.PING, self.ping, self.ping_interval_ms))
                     next_ping = now + self.ping_interval
                 events = dict(poller.poll(max(0.0, next_ping - now) * 1000))
-                if self.wakeup in events:
-                    self.wakeup.clear()
+                if self.wakeup is not None:
+                    self.wakeup.clear_if_woken(events)
                 if sock in events:
                     last_heard = time.monotonic()
                     silent_timeouts = 0

@@ -279,8 +279,7 @@ class Worker:
                     sock.send_multipart(self._wire.pack(Kind.PING, ping, self._interval_ms))
                     next_ping = now + self.heartbeat_interval
                 events = dict(poller.poll(max(0.0, next_ping - now) * 1000))
-                if self._wakeup in events:
-                    self._wakeup.clear()
+                self._wakeup.clear_if_woken(events)
                 while self._results:
                     sock.send_multipart(self._results.popleft(), copy=False)
                     held -= 1
