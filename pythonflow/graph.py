@@ -220,18 +220,15 @@ class Graph:
         """
         if context is None:
             context = {}
-        elif not isinstance(context, MutableMapping):
+        elif type(context) is not dict and not isinstance(context, MutableMapping):
             if not isinstance(context, Mapping):
                 raise TypeError(f"`context` must be a mapping of operations or names to values, "
                                 f"not {type(context).__name__}")
             context = dict(context)
         # Resolve every key before changing anything so that a bad key leaves `context` intact.
-        names = [key for key in context if not isinstance(key, Node)]
-        pending = [(self.normalize_operation(key), key) for key in names]
-        for key in context:
-            if isinstance(key, Node):
-                self.normalize_operation(key)
-        pending = [(operation, context.pop(key)) for operation, key in pending]
+        renamed = [(operation, key) for key in context
+                   if (operation := self.normalize_operation(key)) is not key]
+        pending = [(operation, context.pop(key)) for operation, key in renamed]
         pending.extend((self.normalize_operation(key), value) for key, value in kwargs.items())
         for operation, value in pending:
             if operation in context and not _same_value(context[operation], value):
