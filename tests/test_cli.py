@@ -214,6 +214,20 @@ def test_demo_writes_png(tmp_path):
         assert width > 2 * height  # original, noisy and rotated side by side
 
 
+def test_demo_without_its_sample_image(tmp_path, monkeypatch, capsys):
+    import pythonflow.data
+    from pythonflow.pfmq import cli
+
+    # sample_image_path looks next to the package's __init__.py: make that an empty folder.
+    monkeypatch.setattr(pythonflow.data, "__file__", str(tmp_path / "__init__.py"))
+    output = tmp_path / "demo.png"
+    assert cli.main(["demo", "--images", "1", "--workers", "1", "--output", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pfmq demo: error: ")
+    assert str(tmp_path / "sample.png") in err and "without its data files" in err
+    assert not output.exists()
+
+
 def test_example_worker_and_consumer():
     examples = os.path.join(os.path.dirname(HERE), "examples")
     backend = f"tcp://127.0.0.1:{free_port()}"

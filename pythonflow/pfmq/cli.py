@@ -245,6 +245,10 @@ def run_demo(args) -> int:
 
     if args.images < 1 or (args.workers is not None and args.workers < 1):
         raise UsageError("--images and --workers must be at least 1")
+    try:  # before any worker starts: an install without its data files is for the user to mend
+        demo.sample_image_path()
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     return demo.run(images=args.images, workers=args.workers, output=args.output)
 
