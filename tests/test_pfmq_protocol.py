@@ -81,8 +81,21 @@ def test_implausible_jobs_are_refused():
 # -- signatures ---------------------------------------------------------------------------------
 
 
+TASK_ID = b"t" * 16
+
+
 def signed_submit():
-    return Wire(KEY).pack(Kind.SUBMIT, *sample_fields(Kind.SUBMIT), body=[b"ab", b"c", b"d"])
+    wire = Wire(KEY)
+    fields = sample_fields(Kind.SUBMIT)
+    sealed = wire.seal([b"ab", b"c", b"d"], fields[0], protocol.REQUESTS)
+    return wire.pack(Kind.SUBMIT, *fields, payload=sealed)
+
+
+def receive(frames, purpose=protocol.REQUESTS):
+    """What the final recipient does: check the signature, then open the payload's seal."""
+    wire = Wire(KEY)
+    kind, fields, body = wire.unpack(frames)
+    return wire.open(body, fields[0], purpose)
 
 
 @pytest.mark.parametrize("tamper", [
@@ -99,9 +112,32 @@ def signed_submit():
         "header only", "forged"])
 def test_tampered_signed_messages_are_refused(tamper):
     frames = signed_submit()
-    assert Wire(KEY).unpack(frames)[0] is Kind.SUBMIT
-    with pytest.raises(ProtocolError, match="signature"):
-        Wire(KEY).unpack(tamper(list(frames)))
+    assert receive(frames) == [b"ab", b"c", b"d"]
+    with pytest.raises(ProtocolError, match="signature|seal"):
+        receive(tamper(list(frames)))
+
+
+def test_seals_bind_payloads_to_their_job_and_purpose():
+    frames = signed_submit()
+    with pytest.raises(ProtocolError, match="seal"):
+        receive(frames, purpose=protocol.OUTCOMES)
+    wire = Wire(KEY)
+    kind, fields, body = wire.unpack(frames)
+    with pytest.raises(ProtocolError, match="seal"):
+        wire.open(body, fields[0] + 1, protocol.REQUESTS)
+
+
+def test_broker_checks_signatures_without_hashing_payloads():
+    """The message signature stands on the seal, so a hop need not read a large payload."""
+    wire = Wire(KEY)
+    sealed = wire.seal([b"x" * 1000], 7, protocol.REQUESTS)
+    forwarded = wire.pack(Kind.JOB, 7, 0, 1, False, 0, body=[TASK_ID], payload=sealed)
+    kind, fields, body = wire.unpack(forwarded)
+    assert wire.open(body[1:], fields[0], protocol.REQUESTS) == [b"x" * 1000]
+    swapped = [forwarded[0], forwarded[1], b"y" * 1000, *forwarded[3:]]
+    wire.unpack(swapped)  # a hop cannot tell ...
+    with pytest.raises(ProtocolError, match="seal"):  # ... but the recipient can
+        wire.open(wire.unpack(swapped)[2][1:], 7, protocol.REQUESTS)
 
 
 def test_wrong_key_and_unsigned_peers_are_refused():

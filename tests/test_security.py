@@ -106,7 +106,7 @@ def attack_messages(path):
                     [header, bomb, bomb_list, os.urandom(32)], [header, os.urandom(16), bomb]]
     for frames in layouts:
         yield frames
-        yield frames + [protocol.Wire(WRONG)._sign(frames)]
+        yield frames + [protocol._mac(WRONG, frames)]
         yield frames + [os.urandom(protocol.SIGNATURE_SIZE)]
 
 

@@ -278,10 +278,11 @@ class Broker:
                 self._log.log(logging.WARNING, str(exc), "dropped a message from %s: %s",
                               peer.hex()[:8], exc)
 
-    def _send(self, sock, peer, kind, *fields, body=()):
+    def _send(self, sock, peer, kind, *fields, body=(), payload=()):
         """Send to a peer; returns False when the peer is gone."""
         try:
-            sock.send_multipart([peer, *self._wire.pack(kind, *fields, body=body)], copy=False)
+            sock.send_multipart([peer, *self._wire.pack(kind, *fields, body=body,
+                                                        payload=payload)], copy=False)
             return True
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
@@ -418,7 +419,7 @@ class Broker:
             worker.completed += requests
         self.counters["completed"] += requests
         if not self._send(self.frontend, task_id, Kind.RESULT, job_id, elapsed, self.capacity,
-                          body=body[1:]):
+                          payload=body[1:]):
             self._forget_task(self.tasks[task_id])
 
     def _remove_worker(self, worker, died):
@@ -465,7 +466,7 @@ class Broker:
             if job.settled:
                 continue
             if self._send(self.backend, worker.id, Kind.JOB, *job.spec,
-                          body=[job.task_id, *job.payload]):
+                          body=[job.task_id], payload=job.payload):
                 worker.credit -= 1
                 worker.jobs[(job.task_id, job.job_id)] = job
                 job.worker = worker.id

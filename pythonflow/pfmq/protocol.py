@@ -18,10 +18,15 @@ Every message is a list of frames::
 (:class:`Kind`) and the fixed fields of that kind (:data:`FIELDS`). A header of the wrong length,
 version or kind is refused with :class:`ProtocolError`; receivers log and drop such messages.
 
-When peers share a key, a 32-byte HMAC-SHA256 signature frame closes every message. It covers
-every other frame, each prefixed with its length, so frames can be neither altered, moved nor
-dropped. Receivers check it in constant time before looking at anything else, and before any
-payload is deserialised.
+When peers share a key, a 32-byte HMAC-SHA256 signature frame closes every message, and every
+payload ends with a 32-byte *seal*. The seal is an HMAC of the payload frames bound to the job
+id and the payload's purpose (requests or outcomes); its origin (the task, or the
+worker) makes it once, the broker forwards it untouched, and the final recipient checks it before
+deserialising anything. The signature covers every frame but the payload, each prefixed with its
+length, and the seal in the payload's place, so frames can be neither altered, moved nor dropped
+and yet a large payload is hashed twice on its way instead of at every hop. Receivers check
+signatures and seals in constant time; the broker, which never deserialises payloads, checks
+signatures only.
 
 Kinds
 -----
@@ -172,6 +177,13 @@ def _buffer(frame):
     return getattr(frame, "buffer", frame)
 
 
+#: Payload purposes, bound into seals so that requests and outcomes cannot be swapped.
+REQUESTS = b"requests"
+OUTCOMES = b"outcomes"
+#: For kinds that carry a payload: how many body frames precede it.
+PAYLOAD_START = {Kind.SUBMIT: 0, Kind.RESULT: 0, Kind.JOB: 1, Kind.DONE: 1}
+
+
 class Wire:
     """Packs and unpacks messages, signing and verifying them when a key is set.
 
@@ -179,7 +191,8 @@ class Wire:
     ----------
     key : bytes or str, optional
         Shared secret. With a key every message is signed with HMAC-SHA256 and every message
-        received must carry a valid signature.
+        received must carry a valid signature; payloads are sealed by their origin (see
+        :meth:`seal`) and opened by their final recipient (see :meth:`open`).
     """
 
     def __init__(self, key=None):
@@ -189,15 +202,19 @@ class Wire:
             raise ValueError("the key must not be empty")
         self.key: Optional[bytes] = key
 
-    def pack(self, kind: Kind, *fields, body: Sequence = ()) -> list:
-        """Return the frames of a message of ``kind`` with ``fields`` and ``body`` frames."""
-        frames = [_STRUCTS[kind].pack(VERSION, kind, *fields), *body]
+    def pack(self, kind: Kind, *fields, body: Sequence = (), payload: Sequence = ()) -> list:
+        """Return the frames of a message of ``kind``.
+
+        ``body`` holds the frames before the payload (a task id); ``payload`` is a payload as
+        :meth:`seal` returned it, passed on unchanged by the broker.
+        """
+        frames = [_STRUCTS[kind].pack(VERSION, kind, *fields), *body, *payload]
         if self.key is not None:
-            frames.append(self._sign(frames))
+            frames.append(_mac(self.key, _signed_part(kind, frames)))
         return frames
 
     def unpack(self, frames: list):
-        """Return ``(kind, fields, body)`` of a received message.
+        """Return ``(kind, fields, body)`` of a received message; ``body`` includes the payload.
 
         ``frames`` may hold ``bytes`` or ``zmq.Frame`` objects; ``body`` holds them as they came.
 
@@ -206,33 +223,84 @@ class Wire:
         ProtocolError
             If the message is malformed, of an unknown version or kind, or not signed correctly.
         """
+        if not frames:
+            raise ProtocolError("empty message")
         if self.key is not None:
             if len(frames) < 2:
                 raise ProtocolError("unsigned message: no signature frame")
             signature = bytes(_buffer(frames[-1]))
             frames = frames[:-1]
-            if not hmac.compare_digest(signature, self._sign(frames)):
-                raise ProtocolError("signature mismatch: check the shared key (PFMQ_KEY)")
-        if not frames:
-            raise ProtocolError("empty message")
-        header = bytes(_buffer(frames[0]))
-        if len(header) < 2:
-            raise ProtocolError("header too short")
-        if header[0] != VERSION:
-            raise ProtocolError(f"protocol version {header[0]} is not {VERSION}")
         try:
-            kind = Kind(header[1])
-        except ValueError:
-            raise ProtocolError(f"unknown message kind {header[1]}") from None
+            kind, header = _kind_of(frames[0])
+        except ProtocolError as exc:
+            if self.key is None:
+                raise
+            raise ProtocolError(f"no valid signature on a malformed message: {exc}") from None
+        if self.key is not None:
+            if len(frames) < 2 + PAYLOAD_START.get(kind, -1):
+                raise ProtocolError(f"{kind.name} too short for a payload seal and a signature")
+            expected = _mac(self.key, _signed_part(kind, frames))
+            if not hmac.compare_digest(signature, expected):
+                raise ProtocolError("signature mismatch: check the shared key (PFMQ_KEY)")
         layout = _STRUCTS[kind]
         if len(header) != layout.size:
             raise ProtocolError(f"{kind.name} header of {len(header)} bytes, not {layout.size}")
         return kind, layout.unpack(header)[2:], frames[1:]
 
-    def _sign(self, frames) -> bytes:
-        mac = hmac.new(self.key, digestmod=hashlib.sha256)
-        for frame in frames:
-            data = _buffer(frame)
-            mac.update(struct.pack("!Q", memoryview(data).nbytes))
-            mac.update(data)
-        return mac.digest()
+    def seal(self, payload: Sequence, job_id: int, purpose: bytes) -> list:
+        """Return ``payload`` with a seal frame that binds it to its job and purpose, if keyed.
+
+        The seal is an HMAC of the payload made once by its origin (the task for requests, the
+        worker for outcomes) and checked once by its final recipient; the broker forwards it
+        untouched, so large payloads are not hashed on every hop.
+        """
+        if self.key is None:
+            return list(payload)
+        return [*payload, _mac(self.key, payload, purpose + _JOB_ID.pack(job_id))]
+
+    def open(self, sealed: Sequence, job_id: int, purpose: bytes) -> list:
+        """Return the payload frames of ``sealed`` after checking its seal, if keyed.
+
+        Raises
+        ------
+        ProtocolError
+            If the seal is missing or does not match: the payload must not be deserialised.
+        """
+        if self.key is None:
+            return list(sealed)
+        if not sealed:
+            raise ProtocolError("payload without its seal")
+        payload, seal = sealed[:-1], bytes(_buffer(sealed[-1]))
+        expected = _mac(self.key, payload, purpose + _JOB_ID.pack(job_id))
+        if not hmac.compare_digest(seal, expected):
+            raise ProtocolError("payload seal mismatch: check the shared key (PFMQ_KEY)")
+        return payload
+
+
+def _kind_of(header_frame):
+    header = bytes(_buffer(header_frame))
+    if len(header) < 2:
+        raise ProtocolError("header too short")
+    if header[0] != VERSION:
+        raise ProtocolError(f"protocol version {header[0]} is not {VERSION}")
+    try:
+        return Kind(header[1]), header
+    except ValueError:
+        raise ProtocolError(f"unknown message kind {header[1]}") from None
+
+
+def _signed_part(kind, frames):
+    """The frames a message signature covers: all but a payload, for which its seal stands."""
+    start = PAYLOAD_START.get(kind)
+    if start is None:
+        return frames
+    return [*frames[:1 + start], frames[-1]]
+
+
+def _mac(key, frames, prefix=b"") -> bytes:
+    mac = hmac.new(key, prefix, digestmod=hashlib.sha256)
+    for frame in frames:
+        data = _buffer(frame)
+        mac.update(struct.pack("!Q", memoryview(data).nbytes))
+        mac.update(data)
+    return mac.digest()

@@ -286,9 +286,9 @@ class _TaskIO:
             return
         size = sum(memoryview(frame).nbytes for frame in frames)
         self.bytes_per_request = size / len(requests)
-        job = _Job(first, len(requests), frames, self.ping)
         job_id = next(self.job_ids)
-        self.pending[job_id] = job
+        sealed = self.wire.seal(frames, job_id, protocol.REQUESTS)
+        job = self.pending[job_id] = _Job(first, len(requests), sealed, self.ping)
         self._send_job(job_id, job)
 
     def _send_job(self, job_id, job):
@@ -296,7 +296,7 @@ class _TaskIO:
         seed = 0 if self.seed is None else self.seed
         self.sock.send_multipart(
             self.wire.pack(Kind.SUBMIT, job_id, job.first, job.count, self.seed is not None, seed,
-                           body=job.frames), copy=False)
+                           payload=job.frames), copy=False)
 
     # -- receiving -------------------------------------------------------------------------------
 
@@ -309,10 +309,11 @@ class _TaskIO:
         self.seconds_per_request = per_request if self.seconds_per_request is None else (
             0.8 * self.seconds_per_request + 0.2 * per_request)
         try:
-            outcomes = self.serializer.decode(body)
+            payload = self.wire.open(body, job_id, protocol.OUTCOMES)
+            outcomes = self.serializer.decode(payload)
             if not isinstance(outcomes, list) or len(outcomes) != job.count:
                 raise SerializationError(f"expected {job.count} outcomes")
-        except SerializationError as exc:
+        except (ProtocolError, SerializationError) as exc:
             outcomes = [(SERIALIZATION_ERROR, f"the result cannot be read: {exc}")] * job.count
         self._deliver(list(zip(range(job.first, job.first + job.count), outcomes)))
 
@@ -324,7 +325,8 @@ class _TaskIO:
             self._deliver([(job.first, (_WORKERS_DIED, reason))])
             return
         # One request of the batch may be the culprit: try each on its own.
-        requests = self.serializer.decode(job.frames)
+        payload = self.wire.open(job.frames, job_id, protocol.REQUESTS)
+        requests = self.serializer.decode(payload)
         for offset, request in enumerate(requests):
             self._submit(job.first + offset, [request])
 

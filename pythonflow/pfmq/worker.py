@@ -224,14 +224,15 @@ class Worker:
         if self.error is not None:
             raise self.error
 
-    def _execute(self, spec, task_id, payload):
+    def _execute(self, spec, task_id, sealed):
         job_id, first_index, count, has_seed, seed = spec
         started = time.perf_counter()
         try:
+            payload = self._wire.open(sealed, job_id, protocol.REQUESTS)
             requests = self.serializer.decode(payload)
             if not isinstance(requests, list) or len(requests) != count:
                 raise SerializationError(f"a job of {count} requests decoded to {requests!r:.80}")
-        except SerializationError as exc:
+        except (ProtocolError, SerializationError) as exc:
             outcomes = [(SERIALIZATION_ERROR, f"the worker cannot read the request: {exc}")] * count
         else:
             outcomes = []
@@ -248,7 +249,9 @@ class Worker:
                     self.executed += 1
         elapsed = time.perf_counter() - started
         frames = encode_outcomes(self.serializer, outcomes)
-        return self._wire.pack(Kind.DONE, job_id, COMPLETED, elapsed, body=[task_id, *frames])
+        sealed = self._wire.seal(frames, job_id, protocol.OUTCOMES)
+        return self._wire.pack(Kind.DONE, job_id, COMPLETED, elapsed, body=[task_id],
+                               payload=sealed)
 
     # -- communication (the background thread) ---------------------------------------------------
 
@@ -330,8 +333,9 @@ class Worker:
             for job in dropped:
                 self._jobs.remove(job)
         for spec, _, _ in dropped:
-            sock.send_multipart(self._wire.pack(Kind.DONE, spec[0], protocol.CANCELLED, 0.0,
-                                                body=[task_id]))
+            sock.send_multipart(self._wire.pack(
+                Kind.DONE, spec[0], protocol.CANCELLED, 0.0, body=[task_id],
+                payload=self._wire.seal([], spec[0], protocol.OUTCOMES)))
         return len(dropped)
 
     def _leave(self, sock):
