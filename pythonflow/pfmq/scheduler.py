@@ -1,0 +1,309 @@
+"""The broker's bookkeeping: which jobs are queued for which task, which worker holds what.
+
+A :class:`Scheduler` owns that state and every decision about it; the broker's loop (see
+:mod:`pythonflow.pfmq.broker`) owns the sockets, reads messages, hands them to
+:meth:`Scheduler.on_task_message` and :meth:`Scheduler.on_worker_message`, and calls
+:meth:`Scheduler.dispatch` and :meth:`Scheduler.expire_silent_peers`. Messages go out through
+the two ``send`` callables the broker provides, which return ``False`` when the peer is gone.
+
+States of a job: *queued* in its task's queue, *held* by one worker, then *settled* when the first
+result for it arrives (later results for it are dropped: the consumer sees each result once).
+Tasks take turns (round robin), so a long ``imap`` does not starve a concurrent ``apply``; each
+job goes to the worker with the most free credit. A worker that stops sending heartbeats is
+presumed dead; the jobs it held go back to the front of their queues, and the oldest of them (the
+one it was running: workers run jobs in the order they got them) counts an attempt. After
+``max_attempts`` the job fails with :data:`~pythonflow.pfmq.protocol.Kind.FAILED`.
+"""
+import collections
+import logging
+from typing import Callable
+
+from . import protocol
+from .protocol import COMPLETED, Kind, ProtocolError
+
+LOGGER = logging.getLogger(__name__)
+_MAX_SLOTS = 1024  # a worker claiming more request slots is not believed
+
+
+class _Job:
+    __slots__ = ("task_id", "job_id", "spec", "payload", "attempts", "worker", "settled")
+
+    def __init__(self, task_id, spec, payload):
+        self.task_id = task_id
+        self.job_id = spec[0]
+        self.spec = spec
+        self.payload = payload
+        self.attempts = 0
+        self.worker = None
+        self.settled = False
+
+
+class _TaskRecord:
+    __slots__ = ("id", "queue", "pending", "last_seen", "lapse", "ready")
+
+    def __init__(self, task_id, now, lapse):
+        self.id = task_id
+        self.queue = collections.deque()  # jobs waiting for a worker
+        self.pending = {}  # job id -> job not yet settled, queued or held
+        self.last_seen = now
+        self.lapse = lapse  # silent this long: presumed gone
+        self.ready = False  # listed in the round robin of tasks with queued jobs
+
+
+class _WorkerRecord:
+    __slots__ = ("id", "capacity", "credit", "jobs", "last_seen", "lapse", "completed")
+
+    def __init__(self, worker_id, capacity, credit, now, lapse):
+        self.id = worker_id
+        self.capacity = capacity
+        self.credit = credit
+        self.jobs = {}  # (task id, job id) -> job, in the order sent
+        self.last_seen = now
+        self.lapse = lapse  # silent this long: presumed dead
+        self.completed = 0
+
+
+class Scheduler:
+    """Queues, credit and heartbeats of the tasks and workers of one broker.
+
+    Parameters
+    ----------
+    send_to_task, send_to_worker : callable
+        ``send(peer_id, kind, *fields, body=(), payload=())``, returning ``False`` when the peer
+        is gone.
+    incarnation : int
+        The broker's random id for this run, told to peers in every ``PONG``.
+    heartbeat_interval : float
+        Seconds between heartbeats of peers that have not said theirs.
+    heartbeat_liveness : int
+        Missed heartbeats before a peer is presumed gone.
+    max_attempts : int
+        Deaths of the workers running a job before it fails.
+    """
+
+    def __init__(self, send_to_task: Callable[..., bool], send_to_worker: Callable[..., bool],
+                 incarnation: int, heartbeat_interval: float, heartbeat_liveness: int,
+                 max_attempts: int):
+        self._send_to_task = send_to_task
+        self._send_to_worker = send_to_worker
+        self.incarnation = incarnation
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_liveness = heartbeat_liveness
+        self.max_attempts = max_attempts
+        self.now = 0.0  # set by the loop before it hands over messages
+        self.tasks = {}
+        self.workers = {}
+        self.ready_tasks = collections.deque()  # tasks with queued jobs, in turn
+        self.counters = collections.Counter()
+
+    # -- tasks -----------------------------------------------------------------------------------
+
+    def on_task_message(self, task_id, kind, fields, body):
+        task = self.tasks.get(task_id)
+        if kind is Kind.CANCEL:
+            if task is not None:
+                self._forget_task(task)
+            return
+        if kind not in (Kind.SUBMIT, Kind.PING):
+            raise ProtocolError(f"{kind.name} is not a task message")
+        if task is None:
+            task = self.tasks[task_id] = _TaskRecord(task_id, self.now, self._default_lapse)
+        task.last_seen = self.now
+        if kind is Kind.SUBMIT:
+            protocol.check_job(fields)
+            if fields[0] not in task.pending:  # a resent job the broker still has is ignored
+                job = task.pending[fields[0]] = _Job(task_id, fields, body)
+                self._enqueue(task, job)
+        else:
+            task.lapse = self._lapse(fields[1])
+            self._send_to_task(task_id, Kind.PONG, self.incarnation, fields[0],
+                       self.capacity, len(task.pending), True)
+
+    def _enqueue(self, task, job, front=False):
+        if front:
+            task.queue.appendleft(job)
+        else:
+            task.queue.append(job)
+        if not task.ready:
+            task.ready = True
+            self.ready_tasks.append(task)
+
+    def _forget_task(self, task):
+        """Drop a task's jobs; workers holding some of them are told to skip them."""
+        del self.tasks[task.id]
+        holders = set()
+        for job in task.pending.values():
+            job.settled = True
+            if job.worker is not None:
+                holder = self.workers.get(job.worker)
+                if holder is not None and holder.jobs.pop((task.id, job.job_id), None):
+                    holders.add(holder.id)
+        for worker_id in holders:
+            self._send_to_worker(worker_id, Kind.REVOKE, body=[task.id])
+        self.counters["cancelled"] += len(task.pending)
+        task.pending.clear()
+        task.queue.clear()
+        if task.ready:  # else _dispatch would pop from its empty queue
+            self.ready_tasks.remove(task)
+
+    def _settle(self, task_id, job_id):
+        """Mark a job answered and return it, or None if it was answered (or dropped) before."""
+        task = self.tasks.get(task_id)
+        job = task and task.pending.pop(job_id, None)
+        if job is None:
+            return None
+        job.settled = True
+        holder = job.worker and self.workers.get(job.worker)
+        if holder:
+            holder.jobs.pop((task_id, job_id), None)
+        return job
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    @property
+    def _default_lapse(self):
+        """Silence after which a peer that has not said its heartbeat interval is presumed gone."""
+        return self.heartbeat_interval * self.heartbeat_liveness
+
+    def _lapse(self, interval_ms):
+        """Silence after which a peer pinging every ``interval_ms`` is presumed gone."""
+        return max(interval_ms, 1) / 1000 * self.heartbeat_liveness
+
+    @property
+    def capacity(self) -> int:
+        """Requests all workers can hold at once."""
+        return sum(worker.capacity for worker in self.workers.values())
+
+    def on_worker_message(self, worker_id, kind, fields, body):
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.last_seen = self.now
+        if kind is Kind.DONE:
+            self._on_done(worker, fields, body)
+        elif kind is Kind.PING:
+            if worker is not None:
+                worker.lapse = self._lapse(fields[1])
+            self._send_to_worker(worker_id, Kind.PONG, self.incarnation, fields[0],
+                       self.capacity, len(worker.jobs) if worker else 0, worker is not None)
+        elif kind is Kind.READY:
+            capacity = min(max(fields[0], 1), _MAX_SLOTS)
+            credit = min(fields[1], capacity)
+            if worker is None:
+                worker = self.workers[worker_id] = _WorkerRecord(
+                    worker_id, capacity, credit, self.now, self._default_lapse)
+                LOGGER.info("worker %s joined with %d slots", worker_id.hex()[:8], capacity)
+            worker.capacity, worker.credit = capacity, credit
+        elif kind is Kind.RETURN and worker is not None:
+            returned = [worker.jobs.pop((body[i].bytes, protocol.unpack_job_id(body[i + 1].bytes)),
+                                        None) for i in range(0, len(body) - 1, 2)]
+            worker.credit = 0  # it returns jobs because it is leaving: send it no more
+            self._requeue([job for job in returned if job is not None])
+        elif kind is Kind.BYE and worker is not None:
+            LOGGER.info("worker %s left", worker_id.hex()[:8])
+            self._remove_worker(worker, died=False)
+        elif kind not in (Kind.RETURN, Kind.BYE):
+            raise ProtocolError(f"{kind.name} is not a worker message")
+
+    def _on_done(self, worker, fields, body):
+        job_id, status, elapsed = fields
+        if not body:
+            raise ProtocolError("DONE without a task id")
+        if worker is not None:
+            worker.credit += 1
+        task_id = body[0].bytes
+        if status != COMPLETED:  # skipped by a worker because its task was cancelled
+            return
+        job = self._settle(task_id, job_id)
+        if job is None:
+            self.counters["duplicates_dropped"] += 1
+            return
+        requests = job.spec[2]
+        if worker is not None:
+            worker.completed += requests
+        self.counters["completed"] += requests
+        if not self._send_to_task(task_id, Kind.RESULT, job_id, elapsed, self.capacity,
+                          payload=body[1:]):
+            self._forget_task(self.tasks[task_id])
+
+    def _remove_worker(self, worker, died):
+        """Forget a worker; the jobs it held go back to the front of their queues."""
+        del self.workers[worker.id]
+        jobs = list(worker.jobs.values())
+        if died and jobs:
+            running = jobs[0]  # workers run jobs in the order they got them
+            running.attempts += 1
+            if running.attempts >= self.max_attempts:
+                jobs.pop(0)
+                self._fail(running, f"its workers died {running.attempts} times while running it")
+        self._requeue(jobs)
+
+    def _requeue(self, jobs):
+        for job in reversed(jobs):
+            job.worker = None
+            task = self.tasks.get(job.task_id)
+            if task is not None and not job.settled:
+                self._enqueue(task, job, front=True)
+                self.counters["requeued"] += 1
+
+    def _fail(self, job, reason):
+        self._settle(job.task_id, job.job_id)
+        self.counters["failed"] += 1
+        LOGGER.warning("job %d of task %s failed: %s", job.job_id, job.task_id.hex()[:8], reason)
+        self._send_to_task(job.task_id, Kind.FAILED, job.job_id, body=[reason.encode()])
+
+    def dispatch(self):
+        """Send queued jobs to the workers with the most free credit, one task at a time."""
+        while self.ready_tasks:
+            worker = max(self.workers.values(), key=lambda w: w.credit, default=None)
+            if worker is None or worker.credit <= 0:
+                return
+            task = self.ready_tasks.popleft()
+            if not task.queue or self.tasks.get(task.id) is not task:  # emptied or forgotten
+                task.ready = False
+                continue
+            job = task.queue.popleft()
+            if task.queue:
+                self.ready_tasks.append(task)
+            else:
+                task.ready = False
+            if job.settled:
+                continue
+            if self._send_to_worker(worker.id, Kind.JOB, *job.spec,
+                          body=[job.task_id], payload=job.payload):
+                worker.credit -= 1
+                worker.jobs[(job.task_id, job.job_id)] = job
+                job.worker = worker.id
+            else:
+                self._enqueue(task, job, front=True)
+                self._remove_worker(worker, died=False)
+
+    def expire_silent_peers(self):
+        for worker in [w for w in self.workers.values() if self.now - w.last_seen > w.lapse]:
+            LOGGER.warning("worker %s missed %d heartbeats; presumed dead, %d jobs requeued",
+                           worker.id.hex()[:8], self.heartbeat_liveness, len(worker.jobs))
+            self.counters["workers_lost"] += 1
+            self._remove_worker(worker, died=True)
+        for task in [t for t in self.tasks.values() if self.now - t.last_seen > t.lapse]:
+            LOGGER.info("task %s went silent; forgetting its %d jobs",
+                        task.id.hex()[:8], len(task.pending))
+            self._forget_task(task)
+
+    # -- statistics ------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """The figures reported by ``Broker.stats()`` and ``pfmq status``."""
+        workers = {w.id.hex(): {"capacity": w.capacity, "credit": w.credit,
+                                "in_flight": len(w.jobs), "completed": w.completed}
+                   for w in self.workers.values()}
+        return {
+            "incarnation": self.incarnation,
+            "workers": len(self.workers),
+            "tasks": len(self.tasks),
+            "capacity": self.capacity,
+            "queued": sum(len(t.queue) for t in self.tasks.values()),
+            "in_flight": sum(len(w.jobs) for w in self.workers.values()),
+            **{name: self.counters[name] for name in (
+                "completed", "requeued", "failed", "cancelled", "workers_lost",
+                "duplicates_dropped", "dropped", "bad_signatures")},
+            "per_worker": workers,
+        }
