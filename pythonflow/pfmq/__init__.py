@@ -2,15 +2,22 @@
 
 ``sink = map(transformation, source)`` spread over processes and machines: a :class:`Broker`
 hands requests from :class:`Task` objects (``broker.apply``, ``broker.imap``) to :class:`Worker`
-processes and routes the results back. See :mod:`pythonflow.pfmq.protocol` for the wire format.
+processes and routes the results back. See :mod:`pythonflow.pfmq.protocol` for the wire format,
+:mod:`pythonflow.pfmq.security` for CurveZMQ and :mod:`pythonflow.pfmq.serializers` for a
+serializer that cannot run code.
 """
+from . import security, serializers
 from .broker import Broker
-from .cluster import LocalCluster as LocalCluster
+from .cluster import LocalCluster
+from .errors import RemoteError, WorkerDiedError
+from .security import CurveClient, CurveServer
 from .serialization import PickleSerializer, SerializationError, Serializer
-from .task import RemoteError, Task, WorkerDiedError, apply, query_status
+from .serializers import MsgpackSerializer
+from .task import Task, apply, query_status
 from .worker import GraphTarget, Worker
 
 __all__ = [
-    "Broker", "Worker", "GraphTarget", "Task", "apply", "query_status", "RemoteError",
-    "WorkerDiedError", "SerializationError", "Serializer", "PickleSerializer",
+    "Broker", "Worker", "GraphTarget", "Task", "apply", "query_status", "LocalCluster",
+    "RemoteError", "WorkerDiedError", "SerializationError", "Serializer", "PickleSerializer",
+    "MsgpackSerializer", "CurveServer", "CurveClient", "security", "serializers",
 ]

@@ -99,6 +99,7 @@ class Scheduler:
     # -- tasks -----------------------------------------------------------------------------------
 
     def on_task_message(self, task_id, kind, fields, body):
+        """Handle a message from a task (``SUBMIT``, ``PING`` or ``CANCEL``)."""
         task = self.tasks.get(task_id)
         if kind is Kind.CANCEL:
             if task is not None:
@@ -175,6 +176,7 @@ class Scheduler:
         return sum(worker.capacity for worker in self.workers.values())
 
     def on_worker_message(self, worker_id, kind, fields, body):
+        """Handle a message from a worker (``READY``, ``DONE``, ``PING``, ``RETURN``, ``BYE``)."""
         worker = self.workers.get(worker_id)
         if worker is not None:
             worker.last_seen = self.now
@@ -278,6 +280,7 @@ class Scheduler:
                 self._remove_worker(worker, died=False)
 
     def expire_silent_peers(self):
+        """Forget workers and tasks silent for longer than their lapse; requeue what they held."""
         for worker in [w for w in self.workers.values() if self.now - w.last_seen > w.lapse]:
             LOGGER.warning("worker %s missed %d heartbeats; presumed dead, %d jobs requeued",
                            worker.id.hex()[:8], self.heartbeat_liveness, len(worker.jobs))

@@ -197,7 +197,7 @@ def _plain_copy(value):
 
 def _rebuild_exception(type_name, args, message):
     """A built-in exception type by name, anything else as a RemoteError; never imports."""
-    from .task import RemoteError
+    from .errors import RemoteError
 
     if not isinstance(type_name, str) or not isinstance(args, list):
         raise SerializationError("malformed exception")

@@ -1,359 +1,29 @@
-"""Tasks: send requests to a broker and receive their results.
+"""Tasks: send requests to a broker and iterate over their results.
 
-Data flow::
-
-    requests iterator --> I/O thread --SUBMIT (jobs of one or more requests)--> broker
-                          I/O thread <--RESULT/FAILED/PONG------------------- broker
-                          I/O thread --results, in order--> outbox --> consumer (``for r in task``)
-
-The I/O thread reads the request iterator lazily and keeps about two jobs per worker slot in
-flight, so every worker stays busy; it stops reading while ``cache_size`` results wait for the
-consumer, so memory stays bounded however long (or infinite) the iterator is. Cheap requests are
-batched into larger jobs (sized from the workers' measured time per request) so that per-message
-costs do not dominate.
-
-It pings the broker every heartbeat interval. The broker's answer says how many of the task's
-jobs it holds; jobs the broker has lost (because it restarted, or forgot a task that was silent
-too long) are sent again. Results of jobs answered before are dropped, so the consumer gets each
-result once. With no answer at all for ``timeout * num_retries`` seconds the task raises
-``TimeoutError``.
+A :class:`Task` is what the consumer holds: an iterator over results with ``errors=`` handling.
+The sending and receiving happen in a :class:`~pythonflow.pfmq.stream.Stream`, in a thread of its
+own for ``imap`` and in the calling thread for :func:`apply`.
 """
-import collections
 import itertools
 import json
 import logging
 import os
 import threading
-import time
 import weakref
 from typing import Any, Iterable, Optional
 
 import zmq
 
 from . import protocol
-from .common import (
-    HEARTBEAT_INTERVAL,
-    RateLimitedLogger,
-    Wakeup,
-    check_address,
-    dealer,
-    key_hint,
-    resolve_key,
-    waiting_messages,
-)
-from .protocol import ERROR, OK, SERIALIZATION_ERROR, Kind, ProtocolError
-from .serialization import SerializationError, make_serializer
+from .common import HEARTBEAT_INTERVAL, Wakeup, check_address, dealer, resolve_key
+from .errors import ITERATOR_FAILED, exception_for
+from .protocol import OK, Kind, ProtocolError
+from .serialization import make_serializer
+from .stream import Stream
 
 LOGGER = logging.getLogger(__name__)
 
-# Outcomes made at the task itself, beside those that come from workers.
-_WORKERS_DIED = 10
-_ITERATOR_FAILED = 11
-
 ERRORS = ("raise", "skip", "return")
-
-
-class RemoteError(RuntimeError):
-    """A request failed on a worker; ``traceback`` holds the worker's traceback as text.
-
-    The exception raised by the transformation is re-raised at the consumer with its original
-    type, chained to a ``RemoteError`` (its ``__cause__``).
-    """
-
-    def __init__(self, message: str, traceback: Optional[str] = None):
-        super().__init__(message if traceback is None else f"{message}\n\n{traceback}")
-        self.traceback = traceback
-
-
-class WorkerDiedError(RemoteError):
-    """Every worker that ran a request died while running it."""
-
-
-class _Job:
-    __slots__ = ("first", "count", "frames", "epoch")
-
-    def __init__(self, first, count, frames, epoch):
-        self.first = first
-        self.count = count
-        self.frames = frames
-        self.epoch = epoch  # the number of pings sent before this job was last sent
-
-
-class _Outbox:
-    """Results waiting for the consumer, in delivery order."""
-
-    def __init__(self):
-        self.items = collections.deque()
-        self.changed = threading.Condition()
-        self.closed = False
-        self.error = None
-
-    def put(self, items):
-        with self.changed:
-            self.items.extend(items)
-            self.changed.notify()
-
-    def close(self, error=None):
-        with self.changed:
-            self.closed = True
-            self.error = self.error or error
-            self.changed.notify_all()
-
-    def get(self, timeout=None):
-        """The next ``(index, outcome)``; raises ``StopIteration`` when done."""
-        with self.changed:
-            if not self.items and not self.closed:
-                if not self.changed.wait_for(lambda: self.items or self.closed, timeout):
-                    raise TimeoutError(f"no result within {timeout} s")
-            if self.items:
-                return self.items.popleft()
-            if self.error is not None:
-                raise self.error
-            raise StopIteration
-
-
-class _TaskIO:
-    """The state and loop of a task's communication; runs in its own thread or the caller's.
-
-    It holds no reference to the :class:`Task` so that an abandoned task can be collected.
-    """
-
-    def __init__(self, requests, address, serializer, wire, context, timeout, num_retries,
-                 cache_size, ordered, seed, heartbeat_interval, max_batch, target_job_seconds):
-        self.requests = iter(requests)
-        self.address = address
-        self.serializer = serializer
-        self.wire = wire
-        self.context = context
-        self.timeout = timeout
-        self.num_retries = num_retries
-        self.cache_size = cache_size
-        self.ordered = ordered
-        self.seed = seed
-        self.ping_interval = min(heartbeat_interval, timeout / 3)
-        self.ping_interval_ms = max(1, round(self.ping_interval * 1000))
-        self.max_batch = max_batch
-        self.target_job_seconds = target_job_seconds
-        self.curve = None  # a CurveClient, set by Task
-        self.outbox = _Outbox()
-        self.wakeup = None  # set when a consumer in another thread must be able to wake us
-        self.cancelled = False
-        self.waiting_for_consumer = False
-        self.log = RateLimitedLogger(LOGGER)
-        self.pending = {}  # job id -> _Job sent and not yet answered
-        self.job_ids = itertools.count()
-        self.next_index = 0  # index of the next request read from the iterator
-        self.exhausted = False
-        self.held = {}  # ordered mode: index -> outcome that arrived ahead of its turn
-        self.next_delivery = 0
-        self.capacity = 0  # request slots of all workers, as the broker last said
-        self.incarnation = None
-        self.seconds_per_request = None
-        self.bytes_per_request = 0
-        self.ping = 0
-
-    # -- the loop --------------------------------------------------------------------------------
-
-    def run(self, sock=None):
-        """Send and receive until every result is in the outbox, or cancelled.
-
-        ``sock`` is a connected DEALER to reuse (see :func:`apply`); it is left open when the task
-        ends normally, so the caller owns it.
-        """
-        own_socket = sock is None
-        if own_socket:
-            sock = dealer(self.context, self.address, protocol.new_id(), self.curve)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        if self.wakeup is not None:
-            poller.register(self.wakeup, zmq.POLLIN)
-        self.sock = sock
-        last_heard = time.monotonic()
-        # A task of its own pings at once to learn how many workers there are; a one-off apply
-        # on a shared connection does not need to know.
-        next_ping = last_heard + (0 if own_socket else self.ping_interval)
-        silent_timeouts = 0
-        try:
-            while not self.cancelled:
-                self._submit_new_jobs()
-                if self._finished():
-                    break
-                now = time.monotonic()
-                if now >= next_ping:
-                    self.ping += 1
-                    sock.send_multipart(self.wire.pack(Kind.PING, self.ping, self.ping_interval_ms))
-                    next_ping = now + self.ping_interval
-                events = dict(poller.poll(max(0.0, next_ping - now) * 1000))
-                if self.wakeup is not None:
-                    self.wakeup.clear_if_woken(events)
-                if sock in events:
-                    last_heard = time.monotonic()
-                    silent_timeouts = 0
-                    self._drain(sock)
-                elif self.pending and time.monotonic() - last_heard > self.timeout:
-                    silent_timeouts += 1
-                    last_heard = time.monotonic()
-                    if silent_timeouts >= self.num_retries:
-                        raise TimeoutError(f"no answer from the broker at {self.address} for "
-                                           f"{self.timeout * silent_timeouts:.0f} s"
-                                           f"{key_hint(self.wire.key)}")
-                    LOGGER.warning("no answer from the broker at %s for %.1f s; still trying",
-                                   self.address, self.timeout)
-            self.outbox.close()
-        except BaseException as exc:
-            self.outbox.close(exc)
-            own_socket = True  # its state is unknown now: close it
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            if own_socket:
-                try:  # the broker forgets this task and drops what it still has queued
-                    sock.send_multipart(self.wire.pack(Kind.CANCEL), zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
-                sock.close(linger=100)
-            if self.wakeup is not None:
-                self.wakeup.close()
-
-    def cancel(self):
-        self.cancelled = True
-        if self.wakeup is not None:
-            self.wakeup.set()
-
-    def _finished(self):
-        return self.exhausted and not self.pending and not self.held
-
-    def _drain(self, sock):
-        for frames in waiting_messages(sock):
-            try:
-                kind, fields, body = self.wire.unpack(frames)
-                if kind is Kind.RESULT:
-                    self._on_result(*fields, body)
-                elif kind is Kind.PONG:
-                    self._on_pong(*fields)
-                elif kind is Kind.FAILED:
-                    self._on_failed(fields[0], bytes(body[0].buffer).decode(errors="replace"))
-                else:
-                    raise ProtocolError(f"{kind.name} is not for tasks")
-            except (ProtocolError, IndexError) as exc:
-                self.log.log(logging.WARNING, str(exc), "dropped a message: %s", exc)
-
-    # -- sending ---------------------------------------------------------------------------------
-
-    def _submit_new_jobs(self):
-        while not self.exhausted and not self.cancelled:
-            if len(self.outbox.items) + len(self.held) >= self.cache_size:
-                self.waiting_for_consumer = True
-                return
-            self.waiting_for_consumer = False
-            if len(self.pending) >= 2 * max(self.capacity, 1) + 1:
-                return
-            batch = list(itertools.islice(self._read_requests(), self._batch_size()))
-            if batch:
-                self._submit(self.next_index - len(batch), batch)
-
-    def _read_requests(self):
-        while not self.exhausted:
-            try:
-                request = next(self.requests)
-            except StopIteration:
-                self.exhausted = True
-                return
-            except Exception as exc:  # delivered in the failing request's place
-                self.exhausted = True
-                self._deliver([(self.next_index, (_ITERATOR_FAILED, exc))])
-                return
-            self.next_index += 1
-            yield request
-
-    def _batch_size(self):
-        if self.seconds_per_request is None:
-            return 1
-        by_time = self.target_job_seconds / max(self.seconds_per_request, 1e-7)
-        by_size = (1 << 20) / max(self.bytes_per_request, 1)
-        return int(max(1, min(self.max_batch, by_time, by_size)))
-
-    def _submit(self, first, requests):
-        try:
-            frames = self.serializer.encode(requests)
-        except SerializationError as exc:
-            if len(requests) > 1:  # find the culprits; the others still go
-                for offset, request in enumerate(requests):
-                    self._submit(first + offset, [request])
-            else:
-                self._deliver([(first, (SERIALIZATION_ERROR, f"the request cannot be "
-                                                             f"serialised: {exc}"))])
-            return
-        size = sum(memoryview(frame).nbytes for frame in frames)
-        self.bytes_per_request = size / len(requests)
-        job_id = next(self.job_ids)
-        sealed = self.wire.seal(frames, job_id, protocol.REQUESTS)
-        job = self.pending[job_id] = _Job(first, len(requests), sealed, self.ping)
-        self._send_job(job_id, job)
-
-    def _send_job(self, job_id, job):
-        job.epoch = self.ping
-        seed = 0 if self.seed is None else self.seed
-        self.sock.send_multipart(
-            self.wire.pack(Kind.SUBMIT, job_id, job.first, job.count, self.seed is not None, seed,
-                           payload=job.frames), copy=False)
-
-    # -- receiving -------------------------------------------------------------------------------
-
-    def _on_result(self, job_id, elapsed, capacity, body):
-        self.capacity = capacity
-        job = self.pending.pop(job_id, None)
-        if job is None:
-            return  # answered before, or not ours: each result is delivered once
-        per_request = elapsed / job.count
-        self.seconds_per_request = per_request if self.seconds_per_request is None else (
-            0.8 * self.seconds_per_request + 0.2 * per_request)
-        try:
-            payload = self.wire.open(body, job_id, protocol.OUTCOMES)
-            outcomes = self.serializer.decode(payload)
-            if not isinstance(outcomes, list) or len(outcomes) != job.count:
-                raise SerializationError(f"expected {job.count} outcomes")
-        except (ProtocolError, SerializationError) as exc:
-            outcomes = [(SERIALIZATION_ERROR, f"the result cannot be read: {exc}")] * job.count
-        self._deliver(list(zip(range(job.first, job.first + job.count), outcomes)))
-
-    def _on_failed(self, job_id, reason):
-        job = self.pending.pop(job_id, None)
-        if job is None:
-            return
-        if job.count == 1:
-            self._deliver([(job.first, (_WORKERS_DIED, reason))])
-            return
-        # One request of the batch may be the culprit: try each on its own.
-        payload = self.wire.open(job.frames, job_id, protocol.REQUESTS)
-        requests = self.serializer.decode(payload)
-        for offset, request in enumerate(requests):
-            self._submit(job.first + offset, [request])
-
-    def _on_pong(self, incarnation, ping, capacity, held_by_broker, registered):
-        self.capacity = capacity
-        if self.incarnation not in (None, incarnation):
-            LOGGER.info("the broker at %s restarted", self.address)
-        self.incarnation = incarnation
-        # The broker answered ping number `ping` after reading every job sent before it.
-        sent_before = [(job_id, job) for job_id, job in self.pending.items() if job.epoch < ping]
-        if held_by_broker < len(sent_before):
-            LOGGER.info("the broker lost %d jobs; sending them again",
-                        len(sent_before) - held_by_broker)
-            for job_id, job in sent_before:
-                self._send_job(job_id, job)
-
-    def _deliver(self, results):
-        if not self.ordered:
-            self.outbox.put(results)
-            return
-        self.held.update(results)
-        ready = []
-        while self.next_delivery in self.held:
-            ready.append((self.next_delivery, self.held.pop(self.next_delivery)))
-            self.next_delivery += 1
-        if ready:
-            self.outbox.put(ready)
 
 
 class Task:
@@ -413,14 +83,14 @@ class Task:
             raise ValueError("seed must be an integer in [0, 2**63)")
         self.requests = requests
         self.errors = errors
-        self._io = _TaskIO(
+        self._io = Stream(
             requests, check_address(frontend_address), make_serializer(dumps, loads, serializer),
             protocol.Wire(resolve_key(key)), context or zmq.Context.instance(), timeout,
             num_retries, cache_size, ordered, seed, heartbeat_interval, max_batch,
             target_job_seconds)
         self._io.curve = curve
         self._thread = None
-        self._finalizer = weakref.finalize(self, _TaskIO.cancel, self._io)
+        self._finalizer = weakref.finalize(self, Stream.cancel, self._io)
         if start:
             self.run_async()
 
@@ -490,32 +160,12 @@ class Task:
                 self._io.wakeup.set()
             if outcome[0] == OK:
                 return outcome[1]
-            error = _exception(index, outcome)
-            if self.errors == "raise" or outcome[0] == _ITERATOR_FAILED:
+            error = exception_for(index, outcome)
+            if self.errors == "raise" or outcome[0] == ITERATOR_FAILED:
                 raise error
             if self.errors == "return":
                 return error
             LOGGER.warning("skipping request %d: %s: %s", index, type(error).__name__, error)
-
-
-def _exception(index, outcome):
-    """The exception a failed request's outcome stands for."""
-    code = outcome[0]
-    if code == ERROR:
-        original, remote_traceback = outcome[1], outcome[2]
-        remote = RemoteError(f"request {index} failed on a worker", remote_traceback)
-        if original is None:
-            return remote
-        original.__cause__ = remote
-        original.__suppress_context__ = True
-        return original
-    if code == SERIALIZATION_ERROR:
-        return SerializationError(f"request {index}: {outcome[1]}")
-    if code == _WORKERS_DIED:
-        return WorkerDiedError(f"request {index} failed: {outcome[1]}")
-    if code == _ITERATOR_FAILED:
-        return outcome[1]
-    return RemoteError(f"request {index}: unknown outcome {code!r}")
 
 
 _apply_sockets = threading.local()
