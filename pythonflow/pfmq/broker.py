@@ -29,6 +29,7 @@ from .common import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_LIVENESS,
     RateLimitedLogger,
+    Service,
     Wakeup,
     check_address,
     resolve_key,
@@ -41,7 +42,7 @@ LOGGER = logging.getLogger(__name__)
 _DRAIN = 256  # messages read from one socket before looking at the other
 
 
-class Broker:
+class Broker(Service):
     """Load-balancing broker between tasks (frontend) and workers (backend).
 
     Parameters
@@ -150,16 +151,7 @@ class Broker:
         """Stop serving and wait up to ``timeout`` seconds for the loop to end."""
         self._stopping = True
         self._wakeup.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def __enter__(self):
-        if not self.is_alive:
-            self.run_async()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.cancel()
+        self._join(timeout)
 
     def _bind(self):
         frontend = self._router(self.frontend_address)

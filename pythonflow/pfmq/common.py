@@ -67,6 +67,27 @@ def check_address(address: str) -> str:
     return address
 
 
+class Service:
+    """What the broker and workers share: a background thread, started on ``with`` entry and
+    cancelled on exit. Subclasses set ``_thread`` and define ``is_alive``, ``run_async`` and
+    ``cancel``."""
+
+    _thread: Optional[threading.Thread] = None
+
+    def __enter__(self):
+        if not self.is_alive:
+            self.run_async()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.cancel()
+
+    def _join(self, timeout: Optional[float]) -> None:
+        """Wait for the background thread, unless called from it."""
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
 class Wakeup:
     """Wakes a thread blocked in ``zmq.Poller.poll`` from any other thread.
 

@@ -31,6 +31,7 @@ from .common import (
     HEARTBEAT_INTERVAL,
     HEARTBEAT_LIVENESS,
     RateLimitedLogger,
+    Service,
     Wakeup,
     check_address,
     dealer,
@@ -83,7 +84,7 @@ class GraphTarget:
                        f"of results); its keys are {sorted(request)}")
 
 
-class Worker:
+class Worker(Service):
     """Evaluates requests from a broker with ``target``.
 
     Parameters
@@ -183,16 +184,7 @@ class Worker:
             self._cancelled.set()
             self._jobs_changed.notify_all()
         self._wakeup.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def __enter__(self):
-        if not self.is_alive:
-            self.run_async()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.cancel()
+        self._join(timeout)
 
     # -- evaluation (the caller's thread) --------------------------------------------------------
 
