@@ -6,6 +6,7 @@ import operator
 import os
 import pickle
 import threading
+import time
 
 import pytest
 import zmq
@@ -272,6 +273,16 @@ def test_curve_encryption_and_refusal(tmp_path):
             assert stats["dropped"] == 0  # refused during the handshake, before any message
         finally:
             stop(good, intruder)
+
+
+def test_client_without_curve_times_out_instead_of_hanging():
+    server = CurveServer(*zmq.curve_keypair()[::-1], allowed_clients=[])
+    with running_broker("tcp://127.0.0.1:*", frontend_address="tcp://127.0.0.1:*",
+                        curve=server) as broker:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            pfmq.apply(1, broker.frontend_address, timeout=0.5, num_retries=2)
+        assert time.monotonic() - started < 10
 
 
 def test_curve_options_are_checked():

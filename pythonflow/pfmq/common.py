@@ -8,6 +8,8 @@ from typing import Optional
 
 import zmq
 
+LOGGER = logging.getLogger(__name__)
+
 #: Seconds between heartbeats, and how many may be missed before a peer is presumed dead.
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_LIVENESS = 3
@@ -29,13 +31,27 @@ def key_hint(key) -> str:
     return " (a key is set: a key that differs from the broker's, see PFMQ_KEY, may be the cause)"
 
 
+class _NeverBlockingSocket(zmq.Socket):
+    """A socket whose sends never wait. A DEALER with no connection to queue on (one refused
+    for good by a CURVE server, say) would block a send forever; the message is dropped instead,
+    and the heartbeats and timeouts that follow report the silence."""
+
+    def send_multipart(self, msg_parts, flags=0, copy=True, track=False, **kwargs):
+        try:
+            return super().send_multipart(msg_parts, flags | zmq.NOBLOCK, copy=copy, track=track,
+                                          **kwargs)
+        except zmq.Again:
+            LOGGER.debug("no connection to send on; message dropped")
+            return None
+
+
 def dealer(context: zmq.Context, address: str, routing_id: bytes, curve=None) -> zmq.Socket:
     """A DEALER socket connected to ``address`` that never blocks a send and never lingers.
 
     ``curve`` (a :class:`~pythonflow.pfmq.security.CurveClient`) encrypts the connection unless
     ``address`` is ``inproc://``.
     """
-    sock = context.socket(zmq.DEALER)
+    sock = context.socket(zmq.DEALER, socket_class=_NeverBlockingSocket)
     if curve is not None and not address.startswith("inproc://"):
         curve.configure(sock)
     sock.setsockopt(zmq.ROUTING_ID, routing_id)
