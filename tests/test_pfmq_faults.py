@@ -194,7 +194,9 @@ def test_cancelled_worker_hands_back_prefetched_requests():
     try:
         threads[0].start()
         task = broker.imap(range(5), heartbeat_interval=HEARTBEAT)
-        wait_for(lambda: first.executed == 0 and len(first._jobs) == 4, message="prefetch")
+        # The first request runs; the other four wait at the worker (prefetch=4).
+        wait_for(lambda: first.executed == 0 and first._busy
+                 and broker.stats()["in_flight"] == 5, message="prefetch")
         first.cancel()
         threads.append(threading.Thread(target=second.run))
         threads[1].start()

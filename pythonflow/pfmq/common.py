@@ -146,10 +146,10 @@ class Wakeup:
         with self._lock:
             self._pending = False
 
-    def clear_if_woken(self, events: dict) -> None:
-        """:meth:`clear` if ``events`` (from ``zmq.Poller.poll``, which reports the descriptor,
-        not this object) says this wake-up fired."""
-        if self._reader.fileno() in events:
+    def clear_if_woken(self, ready) -> None:
+        """:meth:`clear` if ``ready`` (the events of ``zmq.Poller.poll`` or the readable list of
+        ``zmq.select``, which name the descriptor, not this object) says this wake-up fired."""
+        if self._reader.fileno() in ready:
             self.clear()
 
     def close(self) -> None:

@@ -43,7 +43,7 @@ READY                   capacity, credit            --
 DONE                    job_id, status, elapsed     task id, payload (serialised outcomes)
 RETURN                  --                          task id, job id (8 bytes), repeated
 BYE                     --                          --
-PING                    ping, interval_ms           --
+PING                    ping, interval_ms           worker id (the worker it speaks for)
 broker -> worker
 JOB                     job                         task id, payload
 REVOKE                  --                          task id
@@ -59,7 +59,9 @@ PONG                    see below                   --
 the first of which is request number ``first_index`` of its task; ``seed`` (valid when
 ``has_seed``) seeds each request's random generators with ``(seed, index)``.
 
-A ``PING`` carries the sender's heartbeat interval in milliseconds: the broker presumes a peer
+A worker sends its heartbeats on a second connection, so that they never wait behind its work;
+its ``PING`` names the routing id of the worker's work connection. A ``PING`` carries the
+sender's heartbeat interval in milliseconds: the broker presumes a peer
 gone after ``heartbeat_liveness`` of *its* intervals, whatever the broker's own.
 
 ``PONG`` answers a ``PING`` with ``(incarnation, ping, capacity, pending, registered)``: the

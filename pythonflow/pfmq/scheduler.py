@@ -183,10 +183,13 @@ class Scheduler:
         if kind is Kind.DONE:
             self._on_done(worker, fields, body)
         elif kind is Kind.PING:
-            if worker is not None:
-                worker.lapse = self._lapse(fields[1])
-            self._send_to_worker(worker_id, Kind.PONG, self.incarnation, fields[0],
-                       self.capacity, len(worker.jobs) if worker else 0, worker is not None)
+            # A worker's heartbeats come on a connection of their own and name the worker.
+            subject = self.workers.get(body[0].bytes) if body else worker
+            if subject is not None:
+                subject.last_seen = self.now
+                subject.lapse = self._lapse(fields[1])
+            self._send_to_worker(worker_id, Kind.PONG, self.incarnation, fields[0], self.capacity,
+                                 len(subject.jobs) if subject else 0, subject is not None)
         elif kind is Kind.READY:
             capacity = min(max(fields[0], 1), _MAX_SLOTS)
             credit = min(fields[1], capacity)

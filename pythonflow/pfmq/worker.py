@@ -2,16 +2,20 @@
 
 Data flow inside a worker::
 
-    broker <--DEALER--> communication thread --jobs-->    process_requests()
-                        (heartbeats, credit)  <--results-- (the caller's thread)
+    broker <--DEALER (jobs, results)--> process_requests()  (the caller's thread)
+    broker <--DEALER (heartbeats)-----> heartbeat thread     (started by ``with worker:``)
 
-The communication thread, started by ``with worker:`` or :meth:`Worker.run_async`, signs up with
-the broker for ``prefetch + 1`` jobs (the one being evaluated and ``prefetch`` waiting), sends a
-heartbeat every interval, also while a long transformation runs, and forwards results.
-:meth:`Worker.process_requests` evaluates jobs in the calling thread, in the order they came.
+:meth:`Worker.process_requests` owns the connection that carries work: it signs up with the
+broker for ``prefetch + 1`` jobs (the one being evaluated and ``prefetch`` waiting in the
+socket's queue), reads them, evaluates them in the order they came and sends each result itself,
+so a request crosses no thread inside the worker. A second connection, owned by the heartbeat
+thread that ``with worker:`` (or :meth:`Worker.run_async`) starts, pings the broker every interval
+on behalf of the first, also while a long transformation runs, and notices a broker that has
+restarted or gone silent.
 
-On :meth:`Worker.cancel` the jobs not yet started go back to the broker, the job being evaluated
-is finished and delivered (within ``timeout`` seconds), and the worker says goodbye.
+On :meth:`Worker.cancel` the request being evaluated is finished and delivered (heartbeats go on
+meanwhile, for up to ``timeout`` seconds), the jobs not yet started go back to the broker, and
+the worker says goodbye.
 """
 import collections
 import hashlib
@@ -142,11 +146,14 @@ class Worker(Service):
         self.executed = 0  # requests evaluated, for statistics and tests
         self.error: Optional[BaseException] = None
         self._wire = protocol.Wire(self.key)
-        self._jobs = collections.deque()  # (spec, task id, payload) waiting to be evaluated
-        self._jobs_changed = threading.Condition()
-        self._results = collections.deque()  # DONE messages waiting to be sent
-        self._wakeup = Wakeup()
+        self._jobs = collections.deque()  # (spec, task id, payload) received, not yet started
+        self._wakeup = Wakeup()  # wakes process_requests: cancelled, or sign up again
+        self._heartbeat_wakeup = Wakeup()  # wakes the heartbeat thread: started or done
         self._cancelled = threading.Event()
+        self._cancel_deadline = None
+        self._processing = threading.Event()  # process_requests is serving the broker
+        self._signed_up_at = 0.0
+        self._sign_up_again = False
         self._busy = False
         self._thread = None
         if start:
@@ -161,29 +168,34 @@ class Worker(Service):
 
     @property
     def is_alive(self) -> bool:
-        """Whether the communication thread runs."""
+        """Whether the heartbeat thread runs."""
         return self._thread is not None and self._thread.is_alive()
 
     def run_async(self) -> "Worker":
-        """Start the communication thread; evaluate with :meth:`process_requests`."""
+        """Start the heartbeat thread; evaluate with :meth:`process_requests`."""
         if self.is_alive:
             raise RuntimeError("the worker is already running")
         self._cancelled.clear()
-        self._thread = threading.Thread(target=self._communicate, name="pfmq-worker", daemon=True)
+        self._thread = threading.Thread(target=self._heartbeat, name="pfmq-worker", daemon=True)
         self._thread.start()
         return self
 
     def run(self) -> None:
-        """Start communicating and evaluate requests in this thread until :meth:`cancel`."""
+        """Start the heartbeat thread and evaluate requests in this thread until :meth:`cancel`."""
         with self:
             self.process_requests()
 
     def cancel(self, timeout: Optional[float] = None) -> None:
-        """Stop: hand unstarted requests back to the broker and end the communication thread."""
-        with self._jobs_changed:
+        """Stop: finish the request being evaluated, hand the others back to the broker.
+
+        Waits up to ``timeout`` seconds for the heartbeat thread, which lasts until
+        :meth:`process_requests` has said goodbye (or the worker's own ``timeout`` has passed).
+        """
+        if not self._cancelled.is_set():
+            self._cancel_deadline = time.monotonic() + self.timeout
             self._cancelled.set()
-            self._jobs_changed.notify_all()
         self._wakeup.set()
+        self._heartbeat_wakeup.set()
         self._join(timeout)
 
     # -- evaluation (the caller's thread) --------------------------------------------------------
@@ -198,23 +210,87 @@ class Worker(Service):
         TimeoutError
             If the worker gave up waiting for the broker (see ``num_retries``).
         """
-        if not self.is_alive and not self._jobs:
+        if not self.is_alive:
             raise RuntimeError("start the worker first: with worker: worker.process_requests()")
-        while True:
-            with self._jobs_changed:
-                while not self._jobs and not self._cancelled.is_set() and self.is_alive:
-                    self._jobs_changed.wait()
-                if self._cancelled.is_set() or not self._jobs:
-                    break
-                job = self._jobs.popleft()
-                self._busy = True
-            try:
-                self._results.append(self._execute(*job))
-            finally:
-                self._busy = False
-                self._wakeup.set()
+        sock = dealer(self.context, self.address, self.routing_id, self.curve)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wakeup, zmq.POLLIN)
+        log = RateLimitedLogger(LOGGER)
+        capacity = self.prefetch + 1
+        running = None
+        try:
+            self._sign_up(sock, capacity)
+            self._processing.set()
+            self._heartbeat_wakeup.set()
+            while not self._cancelled.is_set() and self.error is None:
+                self._read(sock, log)  # before every job, so a revoked task's jobs never start
+                if self._sign_up_again:
+                    self._sign_up(sock, capacity)
+                if self._jobs:
+                    running = self._jobs.popleft()
+                    self._busy = True
+                    sock.send_multipart(self._execute(*running), copy=False)
+                    running = None
+                    self._busy = False
+                else:
+                    events = dict(poller.poll(self.heartbeat_interval * 1000))
+                    self._wakeup.clear_if_woken(events)
+        finally:
+            self._busy = False
+            self._leave(sock, running)
+            self._processing.clear()
+            self._heartbeat_wakeup.set()
         if self.error is not None:
             raise self.error
+
+    def _sign_up(self, sock, capacity):
+        self._sign_up_again = False
+        self._signed_up_at = time.monotonic()
+        credit = max(0, capacity - len(self._jobs))
+        sock.send_multipart(self._wire.pack(Kind.READY, capacity, credit))
+
+    def _read(self, sock, log):
+        """Take in every message waiting on the work connection."""
+        for frames in waiting_messages(sock):
+            try:
+                kind, fields, body = self._wire.unpack(frames)
+                if kind is Kind.JOB:
+                    if len(body) < 2:
+                        raise ProtocolError("JOB without task id or payload")
+                    protocol.check_job(fields)
+                    self._jobs.append((fields, body[0].bytes, body[1:]))
+                elif kind is Kind.REVOKE:
+                    self._revoke(sock, body[0].bytes)
+                else:
+                    raise ProtocolError(f"{kind.name} is not for workers")
+            except (ProtocolError, IndexError) as exc:
+                log.log(logging.WARNING, str(exc), "dropped a message: %s", exc)
+
+    def _revoke(self, sock, task_id):
+        """Drop the waiting jobs of a cancelled task, giving their slots back."""
+        dropped = [job for job in self._jobs if job[1] == task_id]
+        for job in dropped:
+            self._jobs.remove(job)
+            job_id = job[0][0]
+            sock.send_multipart(self._wire.pack(
+                Kind.DONE, job_id, protocol.CANCELLED, 0.0, body=[task_id],
+                payload=self._wire.seal([], job_id, protocol.OUTCOMES)))
+
+    def _leave(self, sock, interrupted):
+        """Hand back the jobs not done (also one interrupted by an exception), say goodbye."""
+        try:
+            self._read(sock, RateLimitedLogger(LOGGER))
+            unfinished = ([interrupted] if interrupted else []) + list(self._jobs)
+            self._jobs.clear()
+            if unfinished:
+                body = []
+                for spec, task_id, _ in unfinished:
+                    body += [task_id, protocol.pack_job_id(spec[0])]
+                sock.send_multipart(self._wire.pack(Kind.RETURN, body=body))
+            sock.send_multipart(self._wire.pack(Kind.BYE))
+        finally:
+            sock.close(linger=1000)  # let the goodbye reach the broker
 
     def _execute(self, spec, task_id, sealed):
         job_id, first_index, count, has_seed, seed = spec
@@ -245,110 +321,57 @@ class Worker(Service):
         return self._wire.pack(Kind.DONE, job_id, COMPLETED, elapsed, body=[task_id],
                                payload=sealed)
 
-    # -- communication (the background thread) ---------------------------------------------------
+    # -- heartbeats (the background thread) -------------------------------------------------------
 
-    def _communicate(self):
-        try:
-            sock = dealer(self.context, self.address, self.routing_id, self.curve)
-        except zmq.ZMQError as exc:
-            self.error = OSError(exc.errno, f"cannot connect to {self.address}: {exc.strerror}")
-            with self._jobs_changed:
-                self._jobs_changed.notify_all()
-            return
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wakeup, zmq.POLLIN)
-        log = RateLimitedLogger(LOGGER)
-        capacity = self.prefetch + 1
-        held = 0  # jobs received and not yet answered or returned
+    def _heartbeat(self):
+        sock = dealer(self.context, self.address, protocol.new_id(), self.curve)
         ping = 0
         next_ping = last_heard = time.monotonic()
         silent_timeouts = 0
-        sock.send_multipart(self._wire.pack(Kind.READY, capacity, capacity))
-        linger = 0
         try:
-            while not self._cancelled.is_set():
+            while not self._done_heart_beating():
                 now = time.monotonic()
-                if now >= next_ping:
-                    ping += 1
-                    sock.send_multipart(self._wire.pack(Kind.PING, ping, self._interval_ms))
-                    next_ping = now + self.heartbeat_interval
-                events = dict(poller.poll(max(0.0, next_ping - now) * 1000))
-                self._wakeup.clear_if_woken(events)
-                while self._results:
-                    sock.send_multipart(self._results.popleft(), copy=False)
-                    held -= 1
-                if sock not in events:
-                    if time.monotonic() - last_heard > self.timeout:
-                        silent_timeouts += 1
-                        last_heard = time.monotonic()
-                        LOGGER.warning("no word from the broker at %s for %.1f s%s",
-                                       self.address, self.timeout, key_hint(self.key))
-                        if self.num_retries is not None and silent_timeouts >= self.num_retries:
-                            self.error = TimeoutError(
-                                f"no answer from the broker at {self.address} for "
-                                f"{self.timeout * silent_timeouts:.0f} s{key_hint(self.key)}")
-                            return
-                    continue
-                last_heard = time.monotonic()
-                silent_timeouts = 0
+                if not self._processing.is_set():
+                    last_heard = now  # nobody to speak for: silence means nothing
+                    wait = self.heartbeat_interval
+                else:
+                    if now >= next_ping:
+                        ping += 1
+                        sock.send_multipart(self._wire.pack(Kind.PING, ping, self._interval_ms,
+                                                            body=[self.routing_id]))
+                        next_ping = now + self.heartbeat_interval
+                    wait = next_ping - now
+                readable = zmq.select([sock, self._heartbeat_wakeup], [], [], max(0.0, wait))[0]
+                self._heartbeat_wakeup.clear_if_woken(readable)
                 for frames in waiting_messages(sock):
                     try:
-                        kind, fields, body = self._wire.unpack(frames)
-                        if kind is Kind.JOB:
-                            if len(body) < 2:
-                                raise ProtocolError("JOB without task id or payload")
-                            protocol.check_job(fields)
-                            held += 1
-                            with self._jobs_changed:
-                                self._jobs.append((fields, body[0].bytes, body[1:]))
-                                self._jobs_changed.notify()
-                        elif kind is Kind.REVOKE:
-                            held -= self._revoke(sock, body[0].bytes)
-                        elif kind is Kind.PONG and not fields[4]:
-                            LOGGER.info("signing up again with the broker at %s", self.address)
-                            sock.send_multipart(self._wire.pack(
-                                Kind.READY, capacity, max(0, capacity - held)))
-                    except (ProtocolError, IndexError) as exc:
-                        log.log(logging.WARNING, str(exc), "dropped a message: %s", exc)
-            self._leave(sock)
-            linger = 1000  # let the goodbye reach the broker
+                        kind, fields, _ = self._wire.unpack(frames)
+                    except ProtocolError as exc:
+                        LOGGER.debug("dropped a message: %s", exc)
+                        continue
+                    last_heard = time.monotonic()
+                    silent_timeouts = 0
+                    recently = time.monotonic() - self._signed_up_at < 2 * self.heartbeat_interval
+                    if kind is Kind.PONG and not fields[4] and not recently:
+                        LOGGER.info("signing up again with the broker at %s", self.address)
+                        self._sign_up_again = True
+                        self._wakeup.set()
+                if time.monotonic() - last_heard > self.timeout:
+                    silent_timeouts += 1
+                    last_heard = time.monotonic()
+                    LOGGER.warning("no word from the broker at %s for %.1f s%s", self.address,
+                                   self.timeout, key_hint(self.key))
+                    if self.num_retries is not None and silent_timeouts >= self.num_retries:
+                        self.error = TimeoutError(
+                            f"no answer from the broker at {self.address} for "
+                            f"{self.timeout * silent_timeouts:.0f} s{key_hint(self.key)}")
+                        self._wakeup.set()
+                        return
         finally:
-            sock.close(linger=linger)
-            with self._jobs_changed:
-                self._jobs_changed.notify_all()
+            sock.close(linger=0)
 
-    def _revoke(self, sock, task_id):
-        """Drop the waiting jobs of a cancelled task; returns how many."""
-        with self._jobs_changed:
-            dropped = [job for job in self._jobs if job[1] == task_id]
-            for job in dropped:
-                self._jobs.remove(job)
-        for spec, _, _ in dropped:
-            sock.send_multipart(self._wire.pack(
-                Kind.DONE, spec[0], protocol.CANCELLED, 0.0, body=[task_id],
-                payload=self._wire.seal([], spec[0], protocol.OUTCOMES)))
-        return len(dropped)
-
-    def _leave(self, sock):
-        """Hand back waiting jobs, deliver the one being evaluated, then say goodbye."""
-        with self._jobs_changed:
-            waiting = list(self._jobs)
-            self._jobs.clear()
-        if waiting:
-            body = []
-            for spec, task_id, _ in waiting:
-                body += [task_id, protocol.pack_job_id(spec[0])]
-            sock.send_multipart(self._wire.pack(Kind.RETURN, body=body))
-        deadline = time.monotonic() + self.timeout
-        ping = 0
-        while (self._busy or self._results) and time.monotonic() < deadline:
-            self._wakeup.clear()
-            while self._results:
-                sock.send_multipart(self._results.popleft(), copy=False)
-            if self._busy:  # keep the broker from presuming us dead while we finish
-                ping += 1
-                sock.send_multipart(self._wire.pack(Kind.PING, ping, self._interval_ms))
-                wait = min(self.heartbeat_interval, max(0.0, deadline - time.monotonic()))
-                zmq.select([self._wakeup], [], [], wait)
-        sock.send_multipart(self._wire.pack(Kind.BYE))
+    def _done_heart_beating(self):
+        """Heartbeats last until the worker has left, or its grace for leaving has run out."""
+        if not self._cancelled.is_set():
+            return False
+        return not self._processing.is_set() or time.monotonic() > self._cancel_deadline
