@@ -100,7 +100,7 @@ class Worker(Service):
     dumps, loads : callable, optional
         Replace pickle (object to ``bytes`` and back); must match the tasks'.
     start : bool
-        Start the communication thread right away.
+        Start the heartbeat thread right away.
     timeout : float
         Seconds without a word from the broker before the worker counts a retry; also how long
         :meth:`cancel` waits for the request being evaluated.
