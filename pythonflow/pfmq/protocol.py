@@ -3,10 +3,11 @@
 Peers
 -----
 Tasks and workers are ZeroMQ ``DEALER`` sockets; the broker has one ``ROUTER`` socket for tasks
-(the *frontend*) and one for workers (the *backend*). Each peer sets a random 16-byte routing id,
-so the broker knows it again after a reconnect (the ROUTER sockets use ``ROUTER_HANDOVER``). The
-routing id is the envelope frame the ROUTER adds on receipt and strips on sending; it is not part
-of the layouts below.
+(the *frontend*) and one for workers (the *backend*). A worker has two connections: one for work
+(``READY``, ``JOB``, ``DONE``, ...), used by the thread that evaluates, and one for heartbeats.
+Each peer sets a random 16-byte routing id, so the broker knows it again after a reconnect (the
+ROUTER sockets use ``ROUTER_HANDOVER``). The routing id is the envelope frame the ROUTER adds on
+receipt and strips on sending; it is not part of the layouts below.
 
 Message layout
 --------------
@@ -19,10 +20,10 @@ Every message is a list of frames::
 version or kind is refused with :class:`ProtocolError`; receivers log and drop such messages.
 
 When peers share a key, a 32-byte HMAC-SHA256 signature frame closes every message, and every
-payload ends with a 32-byte *seal*. The seal is an HMAC of the payload frames bound to the job
-id and the payload's purpose (requests or outcomes); its origin (the task, or the
-worker) makes it once, the broker forwards it untouched, and the final recipient checks it before
-deserialising anything. The signature covers every frame but the payload, each prefixed with its
+payload ends with a 32-byte *seal*. The seal is an HMAC of the payload frames bound to the job id
+and the payload's purpose (requests or outcomes); its origin (the task, or the worker) makes it
+once, the broker forwards it untouched, and the final recipient checks it before deserialising
+anything. The signature covers every frame but the payload, each prefixed with its
 length, and the seal in the payload's place, so frames can be neither altered, moved nor dropped
 and yet a large payload is hashed twice on its way instead of at every hop. Receivers check
 signatures and seals in constant time; the broker, which never deserialises payloads, checks
@@ -59,10 +60,10 @@ PONG                    see below                   --
 the first of which is request number ``first_index`` of its task; ``seed`` (valid when
 ``has_seed``) seeds each request's random generators with ``(seed, index)``.
 
-A worker sends its heartbeats on a second connection, so that they never wait behind its work;
-its ``PING`` names the routing id of the worker's work connection. A ``PING`` carries the
-sender's heartbeat interval in milliseconds: the broker presumes a peer
-gone after ``heartbeat_liveness`` of *its* intervals, whatever the broker's own.
+A worker sends its heartbeats on its second connection, so that they never wait behind its work;
+its ``PING`` names the routing id of its work connection. A ``PING`` carries the sender's
+heartbeat interval in milliseconds: the broker presumes a peer gone after ``heartbeat_liveness``
+of *its* intervals, whatever the broker's own.
 
 ``PONG`` answers a ``PING`` with ``(incarnation, ping, capacity, pending, registered)``: the
 broker's random id for this run, the ping number it answers, the number of request slots of all
@@ -75,8 +76,8 @@ Payloads
 Payloads are opaque to the broker: it routes them and never deserialises them. A job's payload is
 the list of its requests; a ``DONE``/``RESULT`` payload is the list of their outcomes, in order,
 each one of ``(OK, value)``, ``(ERROR, exception, remote_traceback)`` or
-``(SERIALIZATION_ERROR, message)``. ``DONE`` with status :data:`CANCELLED` has no payload: the
-worker skipped a job whose task was cancelled.
+``(SERIALIZATION_ERROR, message)``. ``DONE`` with status :data:`CANCELLED` has an empty payload
+(only its seal, when keyed): the worker skipped a job whose task was cancelled.
 """
 import enum
 import hashlib
