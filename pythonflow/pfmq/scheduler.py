@@ -117,8 +117,8 @@ class Scheduler:
                 self._enqueue(task, job)
         else:
             task.lapse = self._lapse(fields[1])
-            self._send_to_task(task_id, Kind.PONG, self.incarnation, fields[0],
-                       self.capacity, len(task.pending), True)
+            self._send_to_task(task_id, Kind.PONG, self.incarnation, fields[0], self.capacity,
+                               len(task.pending), True)
 
     def _enqueue(self, task, job, front=False):
         if front:
@@ -144,7 +144,7 @@ class Scheduler:
         self.counters["cancelled"] += len(task.pending)
         task.pending.clear()
         task.queue.clear()
-        if task.ready:  # else _dispatch would pop from its empty queue
+        if task.ready:  # else dispatch() would pop from its empty queue
             self.ready_tasks.remove(task)
 
     def _settle(self, task_id, job_id):
@@ -227,7 +227,7 @@ class Scheduler:
             worker.completed += requests
         self.counters["completed"] += requests
         if not self._send_to_task(task_id, Kind.RESULT, job_id, elapsed, self.capacity,
-                          payload=body[1:]):
+                                  payload=body[1:]):
             self._forget_task(self.tasks[task_id])
 
     def _remove_worker(self, worker, died):
@@ -273,8 +273,8 @@ class Scheduler:
                 task.ready = False
             if job.settled:
                 continue
-            if self._send_to_worker(worker.id, Kind.JOB, *job.spec,
-                          body=[job.task_id], payload=job.payload):
+            if self._send_to_worker(worker.id, Kind.JOB, *job.spec, body=[job.task_id],
+                                    payload=job.payload):
                 worker.credit -= 1
                 worker.jobs[(job.task_id, job.job_id)] = job
                 job.worker = worker.id
