@@ -13,7 +13,7 @@ extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.viewcode"
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 autodoc_member_order = "bysource"
-autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_default_options = {"show-inheritance": True}  # members are listed where wanted
 # The optional extras need not be installed to build the documentation.
 autodoc_mock_imports = ["ipyparallel", "scipy", "PIL", "tqdm", "msgpack"]
 exclude_patterns = ["_build"]
