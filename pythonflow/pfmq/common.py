@@ -9,6 +9,7 @@ from typing import Optional
 import zmq
 
 LOGGER = logging.getLogger(__name__)
+_NOBLOCK = int(zmq.NOBLOCK)  # a plain int: or-ing enum flags costs microseconds per message
 
 #: Seconds between heartbeats, and how many may be missed before a peer is presumed dead.
 HEARTBEAT_INTERVAL = 1.0
@@ -38,8 +39,8 @@ class _NeverBlockingSocket(zmq.Socket):
 
     def send_multipart(self, msg_parts, flags=0, copy=True, track=False, **kwargs):
         try:
-            return super().send_multipart(msg_parts, flags | zmq.NOBLOCK, copy=copy, track=track,
-                                          **kwargs)
+            return super().send_multipart(msg_parts, int(flags) | _NOBLOCK, copy=copy,
+                                          track=track, **kwargs)
         except zmq.Again:
             LOGGER.debug("no connection to send on; message dropped")
             return None

@@ -138,6 +138,7 @@ FIELDS = {
     Kind.STATUS_REPLY: "",
 }
 _STRUCTS = {kind: struct.Struct("!BB" + fmt) for kind, fmt in FIELDS.items()}
+_KINDS = {int(kind): kind for kind in Kind}  # a dict look-up is cheaper than calling the enum
 _JOB_ID = struct.Struct("!Q")
 
 
@@ -286,10 +287,10 @@ def _kind_of(header_frame):
         raise ProtocolError("header too short")
     if header[0] != VERSION:
         raise ProtocolError(f"protocol version {header[0]} is not {VERSION}")
-    try:
-        return Kind(header[1]), header
-    except ValueError:
-        raise ProtocolError(f"unknown message kind {header[1]}") from None
+    kind = _KINDS.get(header[1])
+    if kind is None:
+        raise ProtocolError(f"unknown message kind {header[1]}")
+    return kind, header
 
 
 def _signed_part(kind, frames):
