@@ -344,3 +344,31 @@ def test_image_pipeline_is_bitwise_reproducible_with_more_workers_and_a_crash():
         wait_for(lambda: cluster.stats()["workers_lost"] == 1, message="the crash noticed")
     assert all(np.array_equal(a, b) for a, b in zip(alone, crowd)) and len(crowd) == 12
     assert not np.array_equal(alone[0], alone[1])  # each request draws its own noise and angle
+
+
+def test_oversized_messages_fail_cleanly_and_attackers_are_cut_off():
+    limit = 1 << 16
+    broker = pfmq.Broker("tcp://127.0.0.1:*", heartbeat_interval=HEARTBEAT,
+                         max_message_size=limit, start=True)
+    worker = pfmq.Worker(lambda r: b"x" * r, broker.backend_address,
+                         heartbeat_interval=HEARTBEAT, max_message_size=limit)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    attacker = zmq.Context.instance().socket(zmq.DEALER)
+    attacker.setsockopt(zmq.LINGER, 0)
+    try:
+        attacker.connect(broker.backend_address)
+        attacker.send_multipart([bytes(4 * limit)])  # cut off before anything is read
+        results = list(broker.imap([10, b"y" * (2 * limit), 4 * limit, 20], errors="return",
+                                   heartbeat_interval=HEARTBEAT))
+        assert results[0] == b"x" * 10 and results[3] == b"x" * 20
+        assert isinstance(results[1], pfmq.SerializationError)  # request too large to send
+        assert "max_message_size" in str(results[1])
+        assert isinstance(results[2], pfmq.SerializationError)  # result too large to return
+        assert "result needs a frame" in str(results[2])
+        assert broker.apply(5) == b"x" * 5
+    finally:
+        attacker.close()
+        worker.cancel()
+        broker.cancel()
+        thread.join(10)

@@ -63,7 +63,9 @@ class Broker(Service):
     max_attempts : int
         A job whose worker dies while running it this many times fails at its task.
     max_message_size : int, optional
-        Peers sending larger messages are disconnected (ZeroMQ ``MAXMSGSIZE``).
+        Peers sending a larger frame are disconnected (ZeroMQ ``MAXMSGSIZE``). Give workers the
+        same ``max_message_size``, so that a result too large fails instead of cutting them off;
+        tasks made by :meth:`imap` and :meth:`apply` get it from the broker.
     key : bytes or str, optional
         Shared key for signed messages; defaults to the ``PFMQ_KEY`` environment variable.
     curve : pythonflow.pfmq.security.CurveServer, optional
@@ -266,6 +268,7 @@ class Broker(Service):
 
         task_options.setdefault("key", self.key)
         task_options.setdefault("curve", self._own_curve)
+        task_options.setdefault("max_message_size", self.max_message_size)
         return apply(request, self.frontend_address, context=self.context, **task_options)
 
     def imap(self, requests, **task_options):
@@ -275,4 +278,5 @@ class Broker(Service):
         task_options.setdefault("key", self.key)
         task_options.setdefault("curve", self._own_curve)
         task_options.setdefault("heartbeat_interval", self.heartbeat_interval)
+        task_options.setdefault("max_message_size", self.max_message_size)
         return Task(requests, self.frontend_address, context=self.context, **task_options)

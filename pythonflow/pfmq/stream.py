@@ -101,6 +101,7 @@ class Stream:
         self.max_batch = max_batch
         self.target_job_seconds = target_job_seconds
         self.curve = None  # a CurveClient, set by Task
+        self.max_message_size = None  # the broker's limit on a frame, if the task knows it
         self.outbox = _Outbox()
         self.wakeup = None  # set when a consumer in another thread must be able to wake us
         self.cancelled = False
@@ -250,8 +251,18 @@ class Stream:
                 self._deliver([(first, (SERIALIZATION_ERROR, f"the request cannot be "
                                                              f"serialised: {exc}"))])
             return
-        size = sum(memoryview(frame).nbytes for frame in frames)
-        self.bytes_per_request = size / len(requests)
+        sizes = [memoryview(frame).nbytes for frame in frames]
+        if self.max_message_size and max(sizes) > self.max_message_size:
+            # The broker would cut the connection at every resend: refuse it here instead.
+            if len(requests) > 1:
+                for offset, request in enumerate(requests):
+                    self._submit(first + offset, [request])
+            else:
+                self._deliver([(first, (SERIALIZATION_ERROR, (
+                    f"the request needs a frame of {max(sizes)} bytes; the broker accepts at "
+                    f"most {self.max_message_size} (max_message_size)")))])
+            return
+        self.bytes_per_request = sum(sizes) / len(requests)
         job_id = next(self.job_ids)
         sealed = self.wire.seal(frames, job_id, protocol.REQUESTS)
         job = self.pending[job_id] = _Job(first, len(requests), sealed, self.ping)

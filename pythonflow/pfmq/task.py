@@ -63,6 +63,9 @@ class Task:
         Seconds between pings to the broker.
     max_batch : int
         Most requests sent in one job.
+    max_message_size : int, optional
+        The broker's ``max_message_size``: a request that would need a larger frame fails with
+        :class:`~pythonflow.pfmq.SerializationError` instead of being sent.
     context : zmq.Context, optional
         Defaults to the process-wide instance.
     """
@@ -72,7 +75,8 @@ class Task:
                  cache_size: int = 64, ordered: bool = True, *, errors: str = "raise",
                  seed: Optional[int] = None, key=None, serializer=None, curve=None,
                  heartbeat_interval: float = HEARTBEAT_INTERVAL, max_batch: int = 256,
-                 target_job_seconds: float = 0.005, context: Optional[zmq.Context] = None):
+                 target_job_seconds: float = 0.005, max_message_size: Optional[int] = None,
+                 context: Optional[zmq.Context] = None):
         if errors not in ERRORS:
             raise ValueError(f"errors must be one of {ERRORS}, not {errors!r}")
         if not 1 <= max_batch <= protocol.MAX_JOB_REQUESTS:
@@ -89,6 +93,7 @@ class Task:
             num_retries, cache_size, ordered, seed, heartbeat_interval, max_batch,
             target_job_seconds)
         self._io.curve = curve
+        self._io.max_message_size = max_message_size
         self._thread = None
         self._finalizer = weakref.finalize(self, Stream.cancel, self._io)
         if start:

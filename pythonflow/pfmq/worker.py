@@ -60,6 +60,10 @@ def seed_generators(seed: int, index: int) -> None:
     np.random.seed(int.from_bytes(digest[16:20], "big"))
 
 
+def _largest(frames) -> int:
+    return max(memoryview(frame).nbytes for frame in frames)
+
+
 class GraphTarget:
     """Evaluates requests with a graph: ``{'fetches': f, 'context': {...}}`` gives
     ``graph(f, context)``; ``{'fetches': f, 'contexts': [...]}`` gives a list, one per context.
@@ -117,6 +121,9 @@ class Worker(Service):
         Instead of ``dumps``/``loads``.
     curve : pythonflow.pfmq.security.CurveClient, optional
         Encrypt the connection to the broker with CurveZMQ.
+    max_message_size : int, optional
+        The broker's ``max_message_size``: a result that would need a larger frame fails with
+        :class:`~pythonflow.pfmq.SerializationError` instead of being sent.
     context : zmq.Context, optional
         Defaults to the process-wide instance.
     """
@@ -125,7 +132,8 @@ class Worker(Service):
                  start: bool = False, timeout: float = 10, num_retries: Optional[int] = None,
                  prefetch: int = 1, *, heartbeat_interval: float = HEARTBEAT_INTERVAL,
                  heartbeat_liveness: int = HEARTBEAT_LIVENESS, key=None, serializer=None,
-                 curve=None, context: Optional[zmq.Context] = None):
+                 curve=None, max_message_size: Optional[int] = None,
+                 context: Optional[zmq.Context] = None):
         if not callable(target):
             raise TypeError(f"target must be callable, not {type(target).__name__}")
         if prefetch < 0:
@@ -141,6 +149,7 @@ class Worker(Service):
         self._interval_ms = max(1, round(heartbeat_interval * 1000))
         self.key = resolve_key(key)
         self.curve = curve
+        self.max_message_size = max_message_size
         self.context = context or zmq.Context.instance()
         self.routing_id = protocol.new_id()
         self.executed = 0  # requests evaluated, for statistics and tests
@@ -317,9 +326,19 @@ class Worker(Service):
                     self.executed += 1
         elapsed = time.perf_counter() - started
         frames = encode_outcomes(self.serializer, outcomes)
+        if self.max_message_size and _largest(frames) > self.max_message_size:
+            # The broker would cut the connection and the result would never arrive.
+            frames = encode_outcomes(self.serializer, [self._within_limit(o) for o in outcomes])
         sealed = self._wire.seal(frames, job_id, protocol.OUTCOMES)
         return self._wire.pack(Kind.DONE, job_id, COMPLETED, elapsed, body=[task_id],
                                payload=sealed)
+
+    def _within_limit(self, outcome):
+        size = _largest(encode_outcomes(self.serializer, [outcome]))
+        if size <= self.max_message_size:
+            return outcome
+        return (SERIALIZATION_ERROR, f"the result needs a frame of {size} bytes; the broker "
+                                     f"accepts at most {self.max_message_size} (max_message_size)")
 
     # -- heartbeats (the background thread) -------------------------------------------------------
 
