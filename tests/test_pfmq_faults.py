@@ -351,9 +351,10 @@ def test_oversized_messages_fail_cleanly_and_attackers_are_cut_off():
     broker = pfmq.Broker("tcp://127.0.0.1:*", heartbeat_interval=HEARTBEAT,
                          max_message_size=limit, start=True)
     worker = pfmq.Worker(lambda r: b"x" * r, broker.backend_address,
-                         heartbeat_interval=HEARTBEAT, max_message_size=limit)
+                         heartbeat_interval=HEARTBEAT)
     thread = threading.Thread(target=worker.run)
     thread.start()
+    wait_for(lambda: worker.max_message_size == limit, message="the limit learned")
     attacker = zmq.Context.instance().socket(zmq.DEALER)
     attacker.setsockopt(zmq.LINGER, 0)
     try:

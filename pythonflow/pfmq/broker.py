@@ -63,9 +63,9 @@ class Broker(Service):
     max_attempts : int
         A job whose worker dies while running it this many times fails at its task.
     max_message_size : int, optional
-        Peers sending a larger frame are disconnected (ZeroMQ ``MAXMSGSIZE``). Give workers the
-        same ``max_message_size``, so that a result too large fails instead of cutting them off;
-        tasks made by :meth:`imap` and :meth:`apply` get it from the broker.
+        Peers sending a larger frame are disconnected (ZeroMQ ``MAXMSGSIZE``). Workers and tasks
+        learn the limit from the broker's heartbeats and fail a request or result that exceeds it
+        instead of sending it.
     key : bytes or str, optional
         Shared key for signed messages; defaults to the ``PFMQ_KEY`` environment variable.
     curve : pythonflow.pfmq.security.CurveServer, optional
@@ -98,7 +98,8 @@ class Broker(Service):
         self._thread = None
         self._running = threading.Event()
         self.scheduler = Scheduler(self._send_to_task, self._send_to_worker, self.incarnation,
-                                   heartbeat_interval, heartbeat_liveness, max_attempts)
+                                   heartbeat_interval, heartbeat_liveness, max_attempts,
+                                   max_message_size or 0)
         if start:
             self.run_async()
 

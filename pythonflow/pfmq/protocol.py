@@ -65,9 +65,11 @@ its ``PING`` names the routing id of its work connection. A ``PING`` carries the
 heartbeat interval in milliseconds: the broker presumes a peer gone after ``heartbeat_liveness``
 of *its* intervals, whatever the broker's own.
 
-``PONG`` answers a ``PING`` with ``(incarnation, ping, capacity, pending, registered)``: the
-broker's random id for this run, the ping number it answers, the number of request slots of all
-workers, how many jobs of this peer it holds, and whether it knows the peer at all. A task compares
+``PONG`` answers a ``PING`` with ``(incarnation, ping, capacity, pending, registered,
+max_frame)``: the broker's random id for this run, the ping number it answers, the number of
+request slots of all workers, how many jobs of this peer it holds, whether it knows the peer at
+all, and the largest frame it accepts (0: no limit), so that peers refuse a request or result that
+would get their connection cut instead of sending it. A task compares
 ``pending`` with the jobs it sent before that ping and resends the difference; a worker that is
 not ``registered`` (after a broker restart, or after it was presumed dead) signs up again.
 
@@ -132,7 +134,7 @@ FIELDS = {
     Kind.BYE: "",
     Kind.JOB: _JOB,
     Kind.REVOKE: "",
-    Kind.PONG: "QIII?",
+    Kind.PONG: "QIII?Q",
     Kind.RESULT: "QdI",
     Kind.FAILED: "Q",
     Kind.STATUS_REPLY: "",

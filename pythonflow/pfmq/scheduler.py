@@ -79,17 +79,20 @@ class Scheduler:
         Missed heartbeats before a peer is presumed gone.
     max_attempts : int
         Deaths of the workers running a job before it fails.
+    max_frame : int
+        The largest frame the broker accepts (0: no limit), told to peers in every ``PONG``.
     """
 
     def __init__(self, send_to_task: Callable[..., bool], send_to_worker: Callable[..., bool],
                  incarnation: int, heartbeat_interval: float, heartbeat_liveness: int,
-                 max_attempts: int):
+                 max_attempts: int, max_frame: int = 0):
         self._send_to_task = send_to_task
         self._send_to_worker = send_to_worker
         self.incarnation = incarnation
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
         self.max_attempts = max_attempts
+        self.max_frame = max_frame
         self.now = 0.0  # set by the loop before it hands over messages
         self.tasks = {}
         self.workers = {}
@@ -118,7 +121,7 @@ class Scheduler:
         else:
             task.lapse = self._lapse(fields[1])
             self._send_to_task(task_id, Kind.PONG, self.incarnation, fields[0], self.capacity,
-                               len(task.pending), True)
+                               len(task.pending), True, self.max_frame)
 
     def _enqueue(self, task, job, front=False):
         if front:
@@ -189,7 +192,8 @@ class Scheduler:
                 subject.last_seen = self.now
                 subject.lapse = self._lapse(fields[1])
             self._send_to_worker(worker_id, Kind.PONG, self.incarnation, fields[0], self.capacity,
-                                 len(subject.jobs) if subject else 0, subject is not None)
+                                 len(subject.jobs) if subject else 0, subject is not None,
+                                 self.max_frame)
         elif kind is Kind.READY:
             capacity = min(max(fields[0], 1), _MAX_SLOTS)
             credit = min(fields[1], capacity)

@@ -307,8 +307,10 @@ class Stream:
         for offset, request in enumerate(requests):
             self._submit(job.first + offset, [request])
 
-    def _on_pong(self, incarnation, ping, capacity, held_by_broker, registered):
+    def _on_pong(self, incarnation, ping, capacity, held_by_broker, registered, max_frame):
         self.capacity = capacity
+        if max_frame and self.max_message_size is None:
+            self.max_message_size = max_frame
         if self.incarnation not in (None, incarnation):
             LOGGER.info("the broker at %s restarted", self.address)
         self.incarnation = incarnation

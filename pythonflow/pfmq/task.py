@@ -64,8 +64,9 @@ class Task:
     max_batch : int
         Most requests sent in one job.
     max_message_size : int, optional
-        The broker's ``max_message_size``: a request that would need a larger frame fails with
-        :class:`~pythonflow.pfmq.SerializationError` instead of being sent.
+        The broker's ``max_message_size`` (by default learned from its heartbeats): a request
+        that would need a larger frame fails with :class:`~pythonflow.pfmq.SerializationError`
+        instead of being sent.
     context : zmq.Context, optional
         Defaults to the process-wide instance.
     """

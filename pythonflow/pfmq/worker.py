@@ -122,8 +122,9 @@ class Worker(Service):
     curve : pythonflow.pfmq.security.CurveClient, optional
         Encrypt the connection to the broker with CurveZMQ.
     max_message_size : int, optional
-        The broker's ``max_message_size``: a result that would need a larger frame fails with
-        :class:`~pythonflow.pfmq.SerializationError` instead of being sent.
+        The broker's ``max_message_size`` (by default learned from its heartbeats): a result that
+        would need a larger frame fails with :class:`~pythonflow.pfmq.SerializationError` instead
+        of being sent.
     context : zmq.Context, optional
         Defaults to the process-wide instance.
     """
@@ -370,6 +371,8 @@ class Worker(Service):
                         continue
                     last_heard = time.monotonic()
                     silent_timeouts = 0
+                    if kind is Kind.PONG and fields[5] and self.max_message_size is None:
+                        self.max_message_size = fields[5]  # the broker's limit
                     recently = time.monotonic() - self._signed_up_at < 2 * self.heartbeat_interval
                     if kind is Kind.PONG and not fields[4] and not recently:
                         LOGGER.info("signing up again with the broker at %s", self.address)
