@@ -266,10 +266,7 @@ class Scheduler:
             worker = max(self.workers.values(), key=lambda w: w.credit, default=None)
             if worker is None or worker.credit <= 0:
                 return
-            task = self.ready_tasks.popleft()
-            if not task.queue or self.tasks.get(task.id) is not task:  # emptied or forgotten
-                task.ready = False
-                continue
+            task = self.ready_tasks.popleft()  # listed only while its queue holds jobs
             job = task.queue.popleft()
             if task.queue:
                 self.ready_tasks.append(task)
