@@ -5,9 +5,13 @@ import contextlib
 import importlib
 import itertools
 import logging
+import numbers
 import time
 import types
-from typing import Any, Iterable, Iterator, Mapping
+from collections import OrderedDict
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
+
+from .errors import InvalidTypeError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -37,8 +41,8 @@ class Profiler:
     >>> profiler = pf.Profiler()
     >>> graph('y', x=1, callback=profiler)
     2
-    >>> len(profiler.times)
-    2
+    >>> list(profiler.times) == [y]  # `x` was given, so only `y` was evaluated
+    True
     """
 
     def __init__(self) -> None:
@@ -72,50 +76,88 @@ class Profiler:
         """
         return sorted(self.times.items(), key=lambda item: item[1], reverse=True)[:num]
 
+    def get_slow_operations(self, num_operations: Optional[int] = None) -> OrderedDict:
+        """
+        Return the operations that took longest, as Pythonflow's profiler does.
+
+        Parameters
+        ----------
+        num_operations : int, optional
+            Number of operations to return; all if not given.
+
+        Returns
+        -------
+        times : collections.OrderedDict[Operation, float]
+            Total seconds of each operation, slowest first.
+        """
+        num = len(self.times) if num_operations is None else num_operations
+        return OrderedDict(self.slowest(num))
+
     def __str__(self) -> str:
-        total = sum(self.times.values())
-        lines = [f"{len(self.times)} operations, {total:.6f} s in total; slowest:"]
-        for operation, seconds in self.slowest():
-            share = seconds / total if total else 0.0
-            lines.append(f"  {operation.name:<30} {seconds:12.6f} s {share:7.1%} "
-                         f"{self.counts[operation]:6d} calls")
-        return "\n".join(lines)
+        # One line per operation, slowest first, each starting with the operation itself.
+        return "\n".join(f"{operation}: {seconds:.6f} s in {self.counts[operation]} call(s)"
+                         for operation, seconds in self.slowest())
 
 
-def batch_iterable(iterable: Iterable, batch_size: int, transpose: bool = False) -> Iterator:
+class batch_iterable:  # noqa: N801 - lower case to match Pythonflow's public API
     """
     Split an iterable into lists of `batch_size` elements; the last one may be shorter.
+
+    The batches are made lazily each time the object is iterated, so an infinite iterator can be
+    batched and a sequence can be batched again for each epoch. ``len()`` is the number of
+    batches if `iterable` has a length.
 
     Parameters
     ----------
     iterable : iterable
-        Elements to batch, consumed lazily.
+        Elements to batch.
     batch_size : int
-        Number of elements per batch.
+        Number of elements per batch, at least 1.
     transpose : bool
-        Yield, instead of a list of elements, a list of tuples: the first fields of all elements,
-        then the second fields, and so on (e.g. inputs and targets).
+        Yield, instead of a list of elements, a tuple of tuples: the first fields of all
+        elements, then the second fields, and so on (e.g. inputs and targets).
 
-    Yields
+    Raises
     ------
-    batch : list
-        Elements of the batch (transposed if `transpose`).
+    ValueError
+        If `batch_size` is less than 1.
+    InvalidTypeError
+        If `batch_size` is not an integer (a TypeError and a ValueError).
 
     Examples
     --------
-    >>> list(batch_iterable(range(5), 2))
-    [[0, 1], [2, 3], [4]]
+    >>> batches = batch_iterable(range(5), 2)
+    >>> len(batches), list(batches)
+    (3, [[0, 1], [2, 3], [4]])
     >>> list(batch_iterable([(1, 'a'), (2, 'b')], 2, transpose=True))
-    [[(1, 2), ('a', 'b')]]
+    [((1, 2), ('a', 'b'))]
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, not {batch_size!r}")
-    iterator = iter(iterable)
-    while True:
-        batch = list(itertools.islice(iterator, batch_size))
-        if not batch:
-            return
-        yield list(zip(*batch)) if transpose else batch
+
+    def __init__(self, iterable: Iterable, batch_size: int, transpose: bool = False) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+            raise InvalidTypeError(f"`batch_size` must be an integer, not "
+                                   f"{type(batch_size).__name__}: {batch_size!r}")
+        if batch_size < 1:
+            raise ValueError(f"`batch_size` must be at least 1, not {batch_size!r}")
+        self.iterable = iterable
+        self.batch_size = int(batch_size)
+        self.transpose = transpose
+
+    def __len__(self) -> int:
+        try:
+            size = len(self.iterable)
+        except TypeError:
+            raise TypeError(f"batch_iterable over a {type(self.iterable).__name__} has no "
+                            f"length: its elements are only counted by iterating") from None
+        return -(-size // self.batch_size)
+
+    def __iter__(self) -> Iterator[Union[list, tuple]]:
+        iterator = iter(self.iterable)
+        while True:
+            batch = list(itertools.islice(iterator, self.batch_size))
+            if not batch:
+                return
+            yield tuple(zip(*batch)) if self.transpose else batch
 
 
 class _LazyModule(types.ModuleType):
