@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional
 
+from .errors import ForeignOperationError
 from .evaluation import EvaluationError, Node, find_operations
 from .graph import Graph, _thread_stack
 
@@ -111,7 +112,9 @@ class Operation(Node):
                     inputs.update(dict.fromkeys(found))
         for operation in inputs:
             if operation.graph is not self.graph:
-                raise ValueError(f"{operation!r} belongs to a different graph than {self!r}")
+                raise ForeignOperationError(
+                    f"{operation!r} belongs to a different graph than the new "
+                    f"{type(self).__name__}: operations of two graphs cannot be combined")
         # Lazy operations ask for their arguments while they run.
         self._inputs = tuple(self.dependencies if self._lazy else inputs)
 
@@ -204,8 +207,14 @@ class Operation(Node):
             yield self[index]
 
     def __bool__(self) -> bool:
-        raise TypeError(f"the truth value of {self!r} is unknown until it is evaluated; use "
-                        "`pf.conditional` to branch on it or `is None` to test for None")
+        # An operation is truthy, as in Pythonflow: `if operation:` and `operation or default`
+        # test for an operation, not its future value (use `pf.conditional` to branch on that).
+        # Without this, Python would fall back to `__len__`, which fails for unknown lengths.
+        return True
+
+    def __reversed__(self) -> Operation:
+        # Without this, `reversed` would index the operation with `__len__`, which needs a length.
+        return func_op(reversed, self, graph=self.graph)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

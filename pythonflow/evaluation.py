@@ -7,6 +7,7 @@ a time and the evaluator pushes those on its stack, sends the values back and th
 """
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any, Callable, Generator, MutableMapping, Optional
 
@@ -108,17 +109,34 @@ def resolve(value: Any, values: MutableMapping) -> Any:
     kind = type(value)
     if kind is list:
         return [resolve(item, values) for item in value]
+    if kind is dict:
+        return {resolve(key, values): resolve(item, values) for key, item in value.items()}
     if isinstance(value, tuple):
         items = [resolve(item, values) for item in value]
         return kind(*items) if hasattr(kind, "_fields") else kind(items)
-    if isinstance(value, dict):
-        return kind((resolve(key, values), resolve(item, values)) for key, item in value.items())
+    if isinstance(value, (list, dict)):
+        return _rebuild_subclass(value, values)
     if kind is slice:
         return slice(resolve(value.start, values), resolve(value.stop, values),
                      resolve(value.step, values))
     if isinstance(value, (set, frozenset)):
         return kind(resolve(item, values) for item in value)
     return value
+
+
+def _rebuild_subclass(value: Any, values: MutableMapping) -> Any:
+    # The constructors of subclasses do not take what `list`/`dict` take: `Counter(pairs)` counts
+    # the pairs and `defaultdict(pairs)` wants a factory first. A shallow copy keeps the type and
+    # its state (`default_factory`, instance attributes); then only the items are replaced.
+    rebuilt = copy.copy(value)
+    if isinstance(value, dict):
+        items = [(resolve(key, values), resolve(item, values)) for key, item in value.items()]
+        rebuilt.clear()
+        for key, item in items:
+            rebuilt[key] = item
+    else:
+        rebuilt[:] = [resolve(item, values) for item in value]
+    return rebuilt
 
 
 def resolve_lazily(value: Any) -> Generator:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from . import evaluation
+from .errors import ForeignOperationError, InvalidTypeError
 from .evaluation import Node
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only; core imports this module
@@ -116,13 +117,16 @@ class Graph:
 
     def _assign_automatic_name(self, operation: Operation) -> None:
         base = _sanitize_name(operation._default_name())
-        index = operation._index
         with self._lock:
-            name = f"{base}_{index}"
-            while name in self.operations:
-                self._count += 1
-                name = f"{base}_{self._count}"
-            self._store_name(operation, name, automatic=True)
+            self._store_name(operation, self._free_name(base, operation._index), automatic=True)
+
+    def _free_name(self, base: str, index: int) -> str:
+        # The caller holds the lock.
+        name = f"{base}_{index}"
+        while name in self.operations:
+            self._count += 1
+            name = f"{base}_{self._count}"
+        return name
 
     def _store_name(self, operation: Operation, name: str, automatic: bool) -> None:
         # The caller holds the lock.
@@ -136,16 +140,20 @@ class Graph:
     def _rename(self, operation: Operation, name: str) -> None:
         if not isinstance(name, str):
             raise TypeError(f"operation names must be strings, not {type(name).__name__}")
-        existing = self.operations.get(name)
-        if existing is operation:
-            return
-        if existing is not None:
-            if not existing._automatic_name:
-                raise ValueError(f"duplicate operation name '{name}': names must be unique "
-                                 "within a graph")
-            # Automatic names are not chosen by the user, so the user's explicit name wins.
-            self._assign_automatic_name(existing)
+        # Checking and renaming under one lock: otherwise two threads could both find a name
+        # free and both take it, leaving one operation named but missing from the graph.
         with self._lock:
+            existing = self.operations.get(name)
+            if existing is operation:
+                return
+            if existing is not None:
+                if not existing._automatic_name:
+                    raise ValueError(f"duplicate operation name '{name}': names must be unique "
+                                     "within a graph")
+                # Automatic names are not chosen by the user, so the user's explicit name wins.
+                base = _sanitize_name(existing._default_name())
+                self._store_name(existing, self._free_name(base, existing._index),
+                                 automatic=True)
             self._store_name(operation, name, automatic=False)
 
     # Look-up -------------------------------------------------------------------------------------
@@ -168,22 +176,22 @@ class Graph:
         ------
         KeyError
             If no operation of this graph has the given name.
-        ValueError
-            If the operation belongs to a different graph.
-        TypeError
-            If `operation` is neither an operation nor a string.
+        ForeignOperationError
+            If the operation belongs to a different graph (a ValueError and a RuntimeError).
+        InvalidTypeError
+            If `operation` is neither an operation nor a string (a TypeError and a ValueError).
         """
         if isinstance(operation, Node):
             if operation.graph is not self:
-                raise ValueError(f"{operation!r} does not belong to this graph")
+                raise ForeignOperationError(f"{operation!r} does not belong to this graph")
             return operation
         if isinstance(operation, str):
             try:
                 return self.operations[operation]
             except KeyError:
                 raise KeyError(f"the graph has no operation named '{operation}'") from None
-        raise TypeError(f"expected an operation or the name of an operation, not "
-                        f"{type(operation).__name__}: {operation!r}")
+        raise InvalidTypeError(f"expected an operation or the name of an operation, not "
+                               f"{type(operation).__name__}: {operation!r}")
 
     def __getitem__(self, name: Union[Operation, str]) -> Operation:
         return self.normalize_operation(name)
@@ -198,6 +206,7 @@ class Graph:
         Return `context` with names replaced by operations and `kwargs` merged into it.
 
         A mutable mapping is updated in place; any other mapping is copied into a new dictionary.
+        Nothing is changed if an error is raised.
 
         Parameters
         ----------
@@ -213,32 +222,41 @@ class Graph:
 
         Raises
         ------
-        TypeError
-            If `context` is not a mapping.
+        InvalidTypeError
+            If `context` is not a mapping or has a key that is neither an operation nor a name
+            (a TypeError and a ValueError).
+        KeyError
+            If a name is not the name of an operation of the graph.
         ValueError
-            If two values are given for the same operation.
+            If an operation is given twice: as an operation and by its name, or in the context
+            and as a keyword, even with equal values.
         """
         if context is None:
             context = {}
         elif type(context) is not dict and not isinstance(context, MutableMapping):
             if not isinstance(context, Mapping):
-                raise TypeError(f"`context` must be a mapping of operations or names to values, "
-                                f"not {type(context).__name__}")
+                raise InvalidTypeError(f"`context` must be a mapping of operations or names to "
+                                       f"values, not {type(context).__name__}")
             context = dict(context)
-        # Resolve every key before changing anything so that a bad key leaves `context` intact.
-        renamed = [(operation, key) for key in context
-                   if (operation := self.normalize_operation(key)) is not key]
-        pending = [(operation, context.pop(key)) for operation, key in renamed]
-        pending.extend((self.normalize_operation(key), value) for key, value in kwargs.items())
-        for operation, value in pending:
-            if operation in context and not _same_value(context[operation], value):
-                raise ValueError(
-                    f"conflicting values for operation '{operation.name}': the context already "
-                    f"holds a different value for it. Evaluation updates the context in place "
-                    f"with every intermediate value, so a context that has been evaluated "
-                    f"cannot take new values; pass a fresh dictionary for each evaluation, "
-                    f"e.g. `graph(fetches, dict(context))` or `graph(fetches, {{}}, ...)`")
-            context[operation] = value
+        # Resolve and check every key before changing anything so that a bad key leaves
+        # `context` intact.
+        renamed = {}
+        for key in context:
+            operation = self.normalize_operation(key)
+            if operation is not key:
+                if operation in context:
+                    raise _given_twice(operation, "in the context, as an operation and by its "
+                                                  "name")
+                renamed[operation] = key
+        added = []
+        for name, value in kwargs.items():
+            operation = self.normalize_operation(name)
+            if operation in context or operation in renamed:
+                raise _given_twice(operation, "in the context and as a keyword")
+            added.append((operation, value))
+        for operation, key in renamed.items():
+            context[operation] = context.pop(key)
+        context.update(added)
         return context
 
     # Evaluation ----------------------------------------------------------------------------------
@@ -273,8 +291,8 @@ class Graph:
         elif isinstance(fetches, Iterable):
             operations = [self.normalize_operation(fetch) for fetch in fetches]
         else:
-            raise TypeError(f"`fetches` must be an operation, a name or a sequence of them, not "
-                            f"{type(fetches).__name__}")
+            raise InvalidTypeError(f"`fetches` must be an operation, a name or a sequence of "
+                                   f"them, not {type(fetches).__name__}")
         evaluation.evaluate(operations, context, callback)
         if single:
             return context[operations[0]]
@@ -302,12 +320,10 @@ class Graph:
         return f"<pf.Graph with {len(self.operations)} operations>"
 
 
-def _same_value(a: Any, b: Any) -> bool:
-    if a is b:
-        return True
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except Exception:  # e.g. numpy arrays with more than one element
-        return False
-
-
+def _given_twice(operation: Operation, how: str) -> ValueError:
+    # The usual cause is a context reused after an evaluation filled it (Pythonflow issue #43).
+    return ValueError(
+        f"operation '{operation.name}' is given twice ({how}). Evaluation fills the context in "
+        f"place with every value it computes, so an evaluated context can be read but not given "
+        f"new values; pass a fresh dictionary to each evaluation, e.g. "
+        f"`graph(fetches, dict(inputs), ...)` with `inputs` kept unevaluated")

@@ -11,6 +11,7 @@ import threading
 from typing import Any, Callable, Generator, Iterable, Mapping, Optional, Union
 
 from .core import Operation, _call, func_op
+from .errors import InvalidTypeError
 from .evaluation import resolve_lazily
 
 LOGGER = logging.getLogger(__name__)
@@ -156,9 +157,13 @@ class try_(Operation):  # noqa: N801 - lower case to match Pythonflow's public A
         return value
 
 
-def _default_key(*args, **kwargs) -> str:
-    payload = pickle.dumps((args, sorted(kwargs.items())), protocol=4)
-    return hashlib.sha256(payload).hexdigest()
+def _default_key(*values) -> Any:
+    # Pythonflow's key: the hash of the argument values, positional then keyword, as one tuple.
+    # Unhashable values (lists, arrays) get a digest of their pickle instead of failing.
+    try:
+        return hash(values)
+    except TypeError:
+        return hashlib.sha256(pickle.dumps(values, protocol=4)).hexdigest()
 
 
 class _Cache(Operation):
@@ -201,8 +206,11 @@ def cache(operation: Operation, get: Callable, put: Callable, key: Any = None,
     put : callable
         ``put(key, value)`` stores a value.
     key : Operation or object, optional
-        Key of the value; defaults to a SHA-256 digest of the pickled values of the arguments
-        of `operation` (give a key if several cached operations share one store).
+        Key of the value. Defaults, as in Pythonflow, to ``hash(values)`` where `values` is the
+        tuple of the values of the positional then the keyword arguments of `operation`; if
+        they are not hashable, to a SHA-256 digest of their pickle. Give a key if several cached
+        operations share one store, or if the store outlives the process: Python randomises the
+        hashes of strings and bytes in each process unless ``PYTHONHASHSEED`` is set.
     **kwargs
         Keywords of :class:`~pythonflow.Operation`.
 
@@ -212,7 +220,8 @@ def cache(operation: Operation, get: Callable, put: Callable, key: Any = None,
         Operation evaluating to the cached or computed value.
     """
     if key is None:
-        key = func_op(_default_key, *operation.args, graph=operation.graph, **operation.kwargs)
+        key = func_op(_default_key, *operation.args, *operation.kwargs.values(),
+                      graph=operation.graph)
     return _Cache(operation, get, put, key, graph=operation.graph, **kwargs)
 
 
@@ -318,9 +327,18 @@ class lazy_constant(Operation):  # noqa: N801 - lower case to match Pythonflow's
         Function without arguments, e.g. loading a large resource.
     **kwargs
         Keywords of :class:`~pythonflow.Operation`.
+
+    Raises
+    ------
+    InvalidTypeError
+        If `target` is not callable (a TypeError and, as in Pythonflow, a ValueError).
     """
 
     def __init__(self, target: Callable, **kwargs) -> None:
+        # Checked before the operation joins the graph, so a bad target leaves no trace there.
+        if not callable(target):
+            raise InvalidTypeError(f"`target` of lazy_constant must be callable, not "
+                                   f"{type(target).__name__}: {target!r}")
         self.target = target
         super().__init__(**kwargs)
 
