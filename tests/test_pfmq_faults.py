@@ -3,6 +3,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -136,11 +137,36 @@ def test_long_transformation_is_not_resent_while_its_worker_lives():
     assert stats["requeued"] == 0 and stats["workers_lost"] == 0 and stats["completed"] == 1
 
 
+def quiet_loopback_addresses(count):
+    """Free loopback TCP addresses below the kernel's ephemeral port range.
+
+    While a broker restarts, its ports are free for a moment; an ephemeral port could be handed to
+    another process then, or become the source port of a peer reconnecting to it (TCP connects to
+    itself), and the new broker could not bind. The kernel hands out no port below that range.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as file:
+            low = int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    addresses = []
+    while len(addresses) < count:
+        port = rng.randrange(max(1024, low - 10000), max(1025, low))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        address = f"tcp://127.0.0.1:{port}"
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
 def test_broker_restart_on_same_address():
     context = zmq.Context.instance()
-    probe = pfmq.Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", start=True)
-    backend, frontend = probe.backend_address, probe.frontend_address
-    probe.cancel()
+    backend, frontend = quiet_loopback_addresses(2)
     code = ("import sys; sys.path.insert(0, sys.argv[3]); from pythonflow import pfmq; "
             f"pfmq.Broker(sys.argv[1], sys.argv[2], heartbeat_interval={HEARTBEAT}).run()")
 

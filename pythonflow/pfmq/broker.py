@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from typing import Optional
 
 import zmq
@@ -68,6 +69,8 @@ class Broker(Service):
         instead of sending it.
     key : bytes or str, optional
         Shared key for signed messages; defaults to the ``PFMQ_KEY`` environment variable.
+        Binding an address beyond loopback with neither a key nor a CURVE allow-list of clients
+        warns (``UserWarning``): anyone who can reach it could submit work.
     curve : pythonflow.pfmq.security.CurveServer, optional
         Encrypt and authenticate ``tcp://`` and ``ipc://`` connections with CurveZMQ.
     context : zmq.Context, optional
@@ -100,8 +103,24 @@ class Broker(Service):
         self.scheduler = Scheduler(self._send_to_task, self._send_to_worker, self.incarnation,
                                    heartbeat_interval, heartbeat_liveness, max_attempts,
                                    max_message_size or 0)
+        self._warn_if_exposed()
         if start:
             self.run_async()
+
+    def _warn_if_exposed(self):
+        """Warn when an address beyond loopback is bound and nothing checks who connects."""
+        from .security import is_loopback
+
+        exposed = [a for a in (self.backend_address, self.frontend_address) if not is_loopback(a)]
+        curve_checks_clients = self.curve is not None and (
+            getattr(self.curve, "allowed_keys", None) is not None
+            or getattr(self.curve, "allowed_directory", None) is not None)
+        if exposed and self.key is None and not curve_checks_clients:
+            # stacklevel 3: the line that made the broker, not this method or __init__
+            warnings.warn(f"the broker binds {exposed[0]} without a key: anyone who can reach it "
+                          "can submit work and, with pickle, run code on the workers; set "
+                          "PFMQ_KEY or pass key= (or curve= with allowed_clients)", UserWarning,
+                          stacklevel=3)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -115,7 +134,8 @@ class Broker(Service):
         frontend, backend = self._bind()
         self._loop_thread = threading.current_thread()  # stats() asks the loop from elsewhere
         try:
-            self._running.set()
+            self._running.set()  # before run_async returns, so that apply() finds it running
+            getattr(self, "_on_bound", lambda: None)()
             self._serve(frontend, backend)
         finally:
             self._running.clear()
@@ -167,7 +187,6 @@ class Broker(Service):
         self.backend_address = backend.getsockopt_string(zmq.LAST_ENDPOINT)
         LOGGER.info("broker serving tasks on %s and workers on %s",
                     self.frontend_address, self.backend_address)
-        getattr(self, "_on_bound", lambda: None)()
         return frontend, backend
 
     def _router(self, address):
@@ -263,19 +282,38 @@ class Broker(Service):
                                 curve=self._own_curve)
         return self.scheduler.stats()
 
+    def _check_running(self):
+        if not self.is_alive:
+            raise RuntimeError("the broker is not running: call broker.run_async() first, or use "
+                               "it as `with pfmq.Broker(...) as broker:`")
+
     def apply(self, request, **task_options):
-        """Evaluate one request on a worker and return its result (see :func:`pfmq.apply`)."""
+        """Evaluate one request on a worker and return its result (see :func:`pfmq.apply`).
+
+        Raises
+        ------
+        RuntimeError
+            If the broker is not running (never started, or cancelled).
+        """
         from .task import apply
 
+        self._check_running()
         task_options.setdefault("key", self.key)
         task_options.setdefault("curve", self._own_curve)
         task_options.setdefault("max_message_size", self.max_message_size)
         return apply(request, self.frontend_address, context=self.context, **task_options)
 
     def imap(self, requests, **task_options):
-        """Return a :class:`~pythonflow.pfmq.Task` evaluating ``requests`` on the workers."""
+        """Return a :class:`~pythonflow.pfmq.Task` evaluating ``requests`` on the workers.
+
+        Raises
+        ------
+        RuntimeError
+            If the broker is not running (never started, or cancelled).
+        """
         from .task import Task
 
+        self._check_running()
         task_options.setdefault("key", self.key)
         task_options.setdefault("curve", self._own_curve)
         task_options.setdefault("heartbeat_interval", self.heartbeat_interval)

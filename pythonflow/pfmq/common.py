@@ -1,6 +1,7 @@
 """Small pieces shared by the broker, workers and tasks."""
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -14,6 +15,11 @@ _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: or-ing enum flags costs microseconds
 #: Seconds between heartbeats, and how many may be missed before a peer is presumed dead.
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_LIVENESS = 3
+
+# What varies between log messages of one kind: runs of digits, and hexadecimal runs long enough
+# to be ids rather than words (see RateLimitedLogger).
+_VARYING = re.compile(r"\b[0-9a-fA-F]{8,}\b|\d+")
+_MAX_KEY_LENGTH = 200
 
 
 def resolve_key(key=None) -> Optional[bytes]:
@@ -160,19 +166,35 @@ class Wakeup:
 
 
 class RateLimitedLogger:
-    """Logs at most one message per ``interval`` seconds per key and counts what it held back.
+    """Logs at most one message per ``interval`` seconds per kind of message, and counts what it
+    held back.
 
-    Peers that send garbage must not be able to flood the log.
+    Peers that send garbage must not be able to flood the log, nor to grow the table of what was
+    logged: messages are told apart by their template (``key`` with its numbers and hexadecimal
+    runs replaced by ``#``), and past ``max_keys`` templates all others share one entry.
     """
 
-    def __init__(self, logger: logging.Logger, interval: float = 5.0):
+    #: The entry shared by the templates that do not fit in the table.
+    OTHER = "(other messages)"
+
+    def __init__(self, logger: logging.Logger, interval: float = 5.0, max_keys: int = 64):
         self.logger = logger
         self.interval = interval
+        self.max_keys = max_keys
         self._last = {}
         self._suppressed = {}
 
+    @staticmethod
+    def template(key: str) -> str:
+        """``key`` with what varies between messages of one kind (numbers, ids) made ``#``."""
+        return _VARYING.sub("#", key[:_MAX_KEY_LENGTH])
+
     def log(self, level: int, key: str, message: str, *args) -> None:
-        """Log ``message % args`` at ``level`` unless ``key`` was logged within the interval."""
+        """Log ``message % args`` at ``level`` unless a message like ``key`` was logged within
+        the interval."""
+        key = self.template(key)
+        if key not in self._last and len(self._last) >= self.max_keys:
+            key = self.OTHER
         now = time.monotonic()
         if now - self._last.get(key, -self.interval) < self.interval:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1

@@ -2,13 +2,18 @@
 
 .. code-block:: python
 
+    import secrets
+
     import ipyparallel as ipp
     from pythonflow import pfmq
+    from pythonflow.pfmq.ipyparallel import start_workers
 
+    key = secrets.token_hex(32)  # signs every message: nobody without it can submit work
     cluster = ipp.Cluster(n=8)
     view = cluster.start_and_connect_sync()[:]
-    with pfmq.Broker('tcp://0.0.0.0:5555') as broker:
-        workers = start_workers(view, 'mypackage.graphs:augment', 'tcp://trainer-host:5555')
+    with pfmq.Broker('tcp://0.0.0.0:5555', key=key) as broker:
+        workers = start_workers(view, 'mypackage.graphs:augment', 'tcp://trainer-host:5555',
+                                key=key)
         try:
             for batch in broker.imap(requests):
                 ...
@@ -20,6 +25,10 @@ ipyparallel (for :meth:`EngineWorkers.stop` and :meth:`EngineWorkers.status`). T
 reach the broker's backend: a TCP address of the broker's machine, not ``inproc://``. What the
 workers evaluate is a graph (sent by pickle, so the functions it uses must be importable on the
 engines) or a ``"package.module:graph"`` reference (see :mod:`pythonflow.pfmq.launch`).
+A broker bound beyond loopback needs a key (or CURVE with an allow-list of clients): without one,
+anyone who can reach it can submit work. Here the key travels to the engines as an argument over
+ipyparallel's own connections; where those are not private, set ``PFMQ_KEY`` in the engines'
+environment instead and leave ``key=`` out.
 """
 import logging
 import os

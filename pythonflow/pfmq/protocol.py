@@ -63,7 +63,18 @@ the first of which is request number ``first_index`` of its task; ``seed`` (vali
 A worker sends its heartbeats on its second connection, so that they never wait behind its work;
 its ``PING`` names the routing id of its work connection. A ``PING`` carries the sender's
 heartbeat interval in milliseconds: the broker presumes a peer gone after ``heartbeat_liveness``
-of *its* intervals, whatever the broker's own.
+of *its* intervals, whatever the broker's own, up to a bound (60 s, or the broker's own interval
+if longer) so that no peer has the broker keep its state for long after it fell silent.
+
+``ping`` numbers the heartbeats of one connection: 1, 2, 3, ... A worker's numbers must grow;
+the broker drops a worker ``PING`` whose number is not above the last one it accepted for that
+worker since it signed up, so that a captured ``PING`` sent again, from any connection, cannot
+keep a dead worker alive. (A task's numbers start again with each ``apply`` on a shared
+connection; they only pair answers with pings.)
+
+A ``SUBMIT`` that no worker could run (an implausible ``job``, or no payload frame at all, which
+only an unsigned message can lack) is refused: the broker answers ``FAILED`` for its job id, so
+the task that sent it neither waits for it nor sends it again, and never queues it.
 
 ``PONG`` answers a ``PING`` with ``(incarnation, ping, capacity, pending, registered,
 max_frame)``: the broker's random id for this run, the ping number it answers, the number of

@@ -13,6 +13,12 @@ job goes to the worker with the most free credit. A worker that stops sending he
 presumed dead; the jobs it held go back to the front of their queues, and the oldest of them (the
 one it was running: workers run jobs in the order they got them) counts an attempt. After
 ``max_attempts`` the job fails with :data:`~pythonflow.pfmq.protocol.Kind.FAILED`.
+
+A worker's credit (its free slots) drops with each job sent and comes back with the ``DONE`` of a
+job it held, once: also for a job it held whose task was cancelled meanwhile or that another
+worker answered first, never for a duplicate or a job it was not sent. A worker's heartbeats
+count only while their numbers grow, and no peer's claimed heartbeat interval keeps it for
+longer than :data:`MAX_PEER_INTERVAL` allows.
 """
 import collections
 import logging
@@ -23,6 +29,10 @@ from .protocol import COMPLETED, Kind, ProtocolError
 
 LOGGER = logging.getLogger(__name__)
 _MAX_SLOTS = 1024  # a worker claiming more request slots is not believed
+#: Seconds: the longest heartbeat interval a peer may claim (a longer one counts as this, or as
+#: the broker's own interval if that is longer), so that no peer makes the broker keep its state
+#: for weeks after it fell silent.
+MAX_PEER_INTERVAL = 60.0
 
 
 class _Job:
@@ -51,16 +61,30 @@ class _TaskRecord:
 
 
 class _WorkerRecord:
-    __slots__ = ("id", "capacity", "credit", "jobs", "last_seen", "lapse", "completed")
+    __slots__ = ("id", "capacity", "credit", "jobs", "revoked", "last_seen", "lapse", "completed",
+                 "last_ping")
 
     def __init__(self, worker_id, capacity, credit, now, lapse):
         self.id = worker_id
         self.capacity = capacity
         self.credit = credit
         self.jobs = {}  # (task id, job id) -> job, in the order sent
+        # (task id, job id) of jobs the worker holds that no longer count (their task was
+        # forgotten, or another worker answered first): its DONE for them still frees a slot.
+        self.revoked = set()
         self.last_seen = now
         self.lapse = lapse  # silent this long: presumed dead
         self.completed = 0
+        self.last_ping = 0  # the number of the last heartbeat believed, see _on_worker_ping
+
+    def release(self, key) -> bool:
+        """Forget that the worker holds job ``key``; whether it did (then a slot is free)."""
+        if self.jobs.pop(key, None) is not None:
+            return True
+        if key in self.revoked:
+            self.revoked.discard(key)
+            return True
+        return False
 
 
 class Scheduler:
@@ -110,11 +134,12 @@ class Scheduler:
             return
         if kind not in (Kind.SUBMIT, Kind.PING):
             raise ProtocolError(f"{kind.name} is not a task message")
+        if kind is Kind.SUBMIT:
+            self._check_submit(task_id, fields, body)
         if task is None:
             task = self.tasks[task_id] = _TaskRecord(task_id, self.now, self._default_lapse)
         task.last_seen = self.now
         if kind is Kind.SUBMIT:
-            protocol.check_job(fields)
             if fields[0] not in task.pending:  # a resent job the broker still has is ignored
                 job = task.pending[fields[0]] = _Job(task_id, fields, body)
                 self._enqueue(task, job)
@@ -122,6 +147,22 @@ class Scheduler:
             task.lapse = self._lapse(fields[1])
             self._send_to_task(task_id, Kind.PONG, self.incarnation, fields[0], self.capacity,
                                len(task.pending), True, self.max_frame)
+
+    def _check_submit(self, task_id, fields, body):
+        """Refuse a job no worker could run, and tell its task so that it does not wait for it.
+
+        Such a job is never queued: every job the broker accepts reaches a worker able to answer
+        it. A task resends jobs the broker does not hold, so silence would make it resend forever;
+        ``FAILED`` settles the job at the task with the reason instead.
+        """
+        try:
+            protocol.check_job(fields)
+            if not body:  # signed messages always carry the seal; unsigned ones may be empty
+                raise ProtocolError("SUBMIT without a payload")
+        except ProtocolError as exc:
+            self._send_to_task(task_id, Kind.FAILED, fields[0],
+                               body=[f"the broker refused the job: {exc}".encode()])
+            raise
 
     def _enqueue(self, task, job, front=False):
         if front:
@@ -141,6 +182,7 @@ class Scheduler:
             if job.worker is not None:
                 holder = self.workers.get(job.worker)
                 if holder is not None and holder.jobs.pop((task.id, job.job_id), None):
+                    holder.revoked.add((task.id, job.job_id))  # it answers, skipped or not
                     holders.add(holder.id)
         for worker_id in holders:
             self._send_to_worker(worker_id, Kind.REVOKE, body=[task.id])
@@ -158,8 +200,8 @@ class Scheduler:
             return None
         job.settled = True
         holder = job.worker and self.workers.get(job.worker)
-        if holder:
-            holder.jobs.pop((task_id, job_id), None)
+        if holder and holder.jobs.pop((task_id, job_id), None) is not None:
+            holder.revoked.add((task_id, job_id))  # answered elsewhere; its DONE frees a slot
         return job
 
     # -- workers ---------------------------------------------------------------------------------
@@ -170,8 +212,12 @@ class Scheduler:
         return self.heartbeat_interval * self.heartbeat_liveness
 
     def _lapse(self, interval_ms):
-        """Silence after which a peer pinging every ``interval_ms`` is presumed gone."""
-        return max(interval_ms, 1) / 1000 * self.heartbeat_liveness
+        """Silence after which a peer pinging every ``interval_ms`` is presumed gone.
+
+        The interval is the peer's word, so it is bounded (see :data:`MAX_PEER_INTERVAL`).
+        """
+        longest = max(MAX_PEER_INTERVAL, self.heartbeat_interval)
+        return min(max(interval_ms, 1) / 1000, longest) * self.heartbeat_liveness
 
     @property
     def capacity(self) -> int:
@@ -181,19 +227,12 @@ class Scheduler:
     def on_worker_message(self, worker_id, kind, fields, body):
         """Handle a message from a worker (``READY``, ``DONE``, ``PING``, ``RETURN``, ``BYE``)."""
         worker = self.workers.get(worker_id)
-        if worker is not None:
+        if worker is not None and kind is not Kind.PING:  # a PING is believed once checked
             worker.last_seen = self.now
         if kind is Kind.DONE:
             self._on_done(worker, fields, body)
         elif kind is Kind.PING:
-            # A worker's heartbeats come on a connection of their own and name the worker.
-            subject = self.workers.get(body[0].bytes) if body else worker
-            if subject is not None:
-                subject.last_seen = self.now
-                subject.lapse = self._lapse(fields[1])
-            self._send_to_worker(worker_id, Kind.PONG, self.incarnation, fields[0], self.capacity,
-                                 len(subject.jobs) if subject else 0, subject is not None,
-                                 self.max_frame)
+            self._on_worker_ping(worker_id, worker, fields, body)
         elif kind is Kind.READY:
             capacity = min(max(fields[0], 1), _MAX_SLOTS)
             credit = min(fields[1], capacity)
@@ -213,13 +252,30 @@ class Scheduler:
         elif kind not in (Kind.RETURN, Kind.BYE):
             raise ProtocolError(f"{kind.name} is not a worker message")
 
+    def _on_worker_ping(self, worker_id, worker, fields, body):
+        # A worker's heartbeats come on a connection of their own and name the worker.
+        subject = self.workers.get(body[0].bytes) if body else worker
+        if subject is not None:
+            # Numbers grow with every heartbeat: one not above the last is a copy (a captured
+            # PING sent again, perhaps long after its worker died) and proves nothing.
+            if fields[0] <= subject.last_ping:
+                raise ProtocolError("a worker PING whose number does not increase (a replay?)")
+            subject.last_ping = fields[0]
+            subject.last_seen = self.now
+            subject.lapse = self._lapse(fields[1])
+        self._send_to_worker(worker_id, Kind.PONG, self.incarnation, fields[0], self.capacity,
+                             len(subject.jobs) if subject else 0, subject is not None,
+                             self.max_frame)
+
     def _on_done(self, worker, fields, body):
         job_id, status, elapsed = fields
         if not body:
             raise ProtocolError("DONE without a task id")
-        if worker is not None:
-            worker.credit += 1
         task_id = body[0].bytes
+        # Credit comes back only for a job the worker held: a duplicate DONE, or one for a job it
+        # was never sent, must not let the broker send it more than it has room for.
+        if worker is not None and worker.release((task_id, job_id)):
+            worker.credit += 1
         if status != COMPLETED:  # skipped by a worker because its task was cancelled
             return
         job = self._settle(task_id, job_id)
