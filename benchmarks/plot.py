@@ -260,10 +260,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     else:
         # Measure the checkout this script belongs to, not whichever copy is installed.
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from pythonflow.pfmq import benchmark
+        from pythonflow.pfmq import bench
 
-        measured = benchmark.run(quick=args.quick,
-                                 progress=lambda message: print(message, file=sys.stderr))
+        measured = bench.run(quick=args.quick,
+                             progress=lambda message: print(message, file=sys.stderr))
         results = {"settings": measured["settings"],
                    "rows": [row.as_dict() for row in measured["rows"]]}
     chart = draw_chart(make_groups(results["rows"]),
