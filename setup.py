@@ -11,8 +11,9 @@ with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as fp:
 DEMO = ["scipy", "pillow", "tqdm"]
 MSGPACK = ["msgpack>=1.0"]
 IPYPARALLEL = ["ipyparallel>=8"]
-DOCS = ["sphinx>=7"]
-TEST = ["pytest>=7", "pytest-timeout>=2"] + DEMO + MSGPACK + IPYPARALLEL + DOCS
+# The guide's pictures run the demo's image graph, and the performance chart is matplotlib's.
+DOCS = ["sphinx>=7", "matplotlib>=3.6"] + DEMO
+TEST = ["pytest>=7", "pytest-timeout>=2"] + MSGPACK + IPYPARALLEL + DOCS
 
 setup(
     name="pythonflow",

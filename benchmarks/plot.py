@@ -1,4 +1,4 @@
-"""Draw the pfmq benchmark figures as a bar chart (PNG, with Pillow only).
+"""Draw the pfmq benchmark figures as a bar chart with matplotlib.
 
 Each group of bars is one measure of one workload: pfmq, raw pyzmq and ``multiprocessing.Pool``,
 normalised so that raw pyzmq is 1.0 and higher is better (latencies are shown as raw latency
@@ -18,27 +18,18 @@ import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from PIL import Image, ImageDraw, ImageFont
-
 WORKLOAD_NAMES = {"W1": "W1 tiny requests", "W2": "W2 8 MiB arrays", "W3": "W3 scaling, 10 ms",
                   "W4": "W4 apply latency"}
-COLOURS = {"pfmq": (31, 95, 168), "pfmq (function)": (127, 176, 224),
-           "raw pyzmq": (140, 140, 140), "Pool": (224, 138, 30),
-           "Pool (tuned chunks)": (243, 194, 122)}
+COLOURS = {"pfmq": "#1f5fa8", "pfmq (function)": "#7fb0e0", "raw pyzmq": "#8c8c8c",
+           "Pool": "#e08a1e", "Pool (tuned chunks)": "#f3c27a"}
 LEGEND = {"pfmq": "pfmq (pythonflow graph in W1)", "pfmq (function)": "pfmq, plain function",
           "raw pyzmq": "raw pyzmq = 1.0", "Pool": "multiprocessing.Pool",
           "Pool (tuned chunks)": "Pool, tuned chunk size"}
-TARGET_COLOUR = (200, 30, 30)
-SCALE = 2  # drawn at twice the size, so that the text stays sharp when the page shrinks it
+TARGET_COLOUR = "#c81e1e"
+MET_COLOUR = "#1e7828"
+TITLE = "pfmq, raw pyzmq and multiprocessing.Pool, relative to raw pyzmq"
 
 Bar = Tuple[str, float]  # series, value relative to raw pyzmq
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size * SCALE)
-    except TypeError:  # Pillow < 10.1 has one small bitmap font
-        return ImageFont.load_default()
 
 
 def _series(baseline: str) -> str:
@@ -120,7 +111,26 @@ def _short_label(measure: str) -> str:
     return measure
 
 
-def draw_chart(groups: Sequence[dict], title: str, subtitle: str = "") -> Image.Image:
+def y_limit(groups: Sequence[dict]) -> float:
+    """The top of the value axis: room for every target, at most 2.0 (taller bars are cut)."""
+    values = [value for group in groups for _, value in group["bars"]]
+    values += [group["target"] for group in groups if group["target"] is not None]
+    return max(1.25, min(2.0, math.ceil(max(values, default=2.0) * 4) / 4))
+
+
+GAP = 1.5  # bar widths between neighbouring groups
+
+
+def bar_positions(groups: Sequence[dict]) -> List[List[float]]:
+    """The x position of every bar, group by group: one unit per bar, :data:`GAP` between."""
+    positions, x = [], 0.0
+    for group in groups:
+        positions.append([x + index for index in range(len(group["bars"]))])
+        x += len(group["bars"]) + GAP
+    return positions
+
+
+def draw_chart(groups: Sequence[dict], title: str = TITLE, subtitle: str = ""):
     """
     Draw the groups as a bar chart.
 
@@ -133,101 +143,66 @@ def draw_chart(groups: Sequence[dict], title: str, subtitle: str = "") -> Image.
 
     Returns
     -------
-    picture : PIL.Image.Image
-        The chart, an RGB image.
+    figure : matplotlib.figure.Figure
+        One axes holding a bar container per series (labelled as in :data:`LEGEND`), at the
+        positions of :func:`bar_positions`, and one dashed line collection of the targets
+        (labelled ``"target"``); save it with ``figure.savefig(path)``.
     """
-    s = SCALE
-    bar, group_gap, group_min = 30 * s, 34 * s, 96 * s
-    left, right, top, bottom, plot_height = 70 * s, 24 * s, 96 * s, 74 * s, 340 * s
-    widths = [max(bar * len(group["bars"]), group_min) for group in groups]
-    width = left + right + sum(widths) + group_gap * (len(groups) + 1)
-    picture = Image.new("RGB", (width, top + plot_height + bottom), "white")
-    draw = ImageDraw.Draw(picture)
-    big, medium, small = _font(17), _font(13), _font(11)
+    # Imported here: the suite's worker processes import this file, and need no matplotlib.
+    from matplotlib.figure import Figure
 
-    values = [value for group in groups for _, value in group["bars"]]
-    values += [group["target"] for group in groups if group["target"] is not None]
-    y_max = min(2.0, math.ceil(max(values) * 4) / 4) if values else 2.0
-    y_max = max(y_max, 1.25)
+    positions = bar_positions(groups)
+    figure = Figure(figsize=(2.0 + 0.27 * positions[-1][-1], 5.0), layout="constrained")
+    axes = figure.subplots()
+    top = y_limit(groups)
+    for series in COLOURS:  # one container per series, in the order of the legend
+        bars = [(x, value) for group, xs in zip(groups, positions)
+                for x, (name, value) in zip(xs, group["bars"]) if name == series]
+        if bars:
+            axes.bar(*zip(*bars), width=0.85, color=COLOURS[series], label=LEGEND[series])
+            # A bar taller than the axis is cut at its top, with its value written inside.
+            for x, value in bars:
+                axes.annotate(f"{value:.2f}", (x, min(value, top)), ha="center", fontsize=7,
+                              xytext=(0, -2 if value > top else 1), textcoords="offset points",
+                              va="top" if value > top else "bottom",
+                              bbox={"color": "white", "pad": 0.5} if value > top else None)
+    targets = [(group["target"], xs[0] - 0.6, xs[-1] + 0.6)
+               for group, xs in zip(groups, positions) if group["target"] is not None]
+    if targets:
+        axes.hlines(*zip(*targets), colors=TARGET_COLOUR, linestyles="dashed", label="target",
+                    zorder=3)
+    axes.axhline(1.0, color="0.45", linewidth=1, zorder=0)
+    axes.set_xlim(-GAP / 2 - 0.5, positions[-1][-1] + GAP / 2 + 0.5)
+    axes.set_ylim(0, top)
+    axes.set_ylabel("relative to raw pyzmq (higher is better)")
+    _label_groups(axes, groups, positions)
+    axes.grid(axis="y", color="0.9")
+    axes.set_axisbelow(True)
+    handles = sorted(axes.get_legend_handles_labels()[0],  # the series, then the target
+                     key=lambda handle: handle.get_label() == "target")
+    axes.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=6, fontsize=7,
+                frameon=False, handlelength=1.5, columnspacing=1.2)
+    figure.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
+    return figure
 
-    def y_of(value):
-        return top + plot_height - plot_height * min(value, y_max) / y_max
 
-    draw.text((left, 12 * s), title, fill="black", font=big)
-    draw.text((left, 36 * s), subtitle, fill=(80, 80, 80), font=small)
-    # Grid and axis.
-    step = 0.25 if y_max <= 2 else 0.5
-    for index in range(int(round(y_max / step)) + 1):
-        value = index * step
-        y = y_of(value)
-        colour = (120, 120, 120) if value == 1.0 else (225, 225, 225)
-        draw.line([(left, y), (width - right, y)], fill=colour, width=s if value != 1.0 else 2 * s)
-        draw.text((left - 8 * s, y), f"{value:.2f}", fill="black", font=small, anchor="rm")
-    _vertical_label(picture, "relative to raw pyzmq (higher is better)", (14 * s, top),
-                    plot_height, medium)
-
-    x = left + group_gap
+def _label_groups(axes, groups: Sequence[dict], positions: List[List[float]]) -> None:
+    """Name each group under its bars (with its verdict), and each workload under its groups."""
+    centres = [(xs[0] + xs[-1]) / 2 for xs in positions]
+    axes.set_xticks(centres, [group["label"] for group in groups], fontsize=8)
+    axes.tick_params(axis="x", length=0)
     spans: Dict[str, List[float]] = {}
-    for group, group_width in zip(groups, widths):
-        start = x + (group_width - bar * len(group["bars"])) / 2
-        # Behind the bars and their values, which stay readable where they cross it.
-        if group["target"] is not None:
-            y = y_of(group["target"])
-            for dash in range(int(x - 6 * s), int(x + group_width + 6 * s), 10 * s):
-                draw.line([(dash, y), (min(dash + 6 * s, x + group_width + 6 * s), y)],
-                          fill=TARGET_COLOUR, width=2 * s)
-        for index, (series, value) in enumerate(group["bars"]):
-            x0, x1 = start + index * bar + 2 * s, start + (index + 1) * bar - 2 * s
-            draw.rectangle([x0, y_of(value), x1, y_of(0)], fill=COLOURS[series])
-            label_y = y_of(value) - 3 * s
-            if value > y_max:  # clipped: break the bar and write its value on top
-                cut = y_of(y_max) + 10 * s
-                draw.polygon([(x0 - s, cut), (x1 + s, cut - 6 * s), (x1 + s, cut - 2 * s),
-                              (x0 - s, cut + 4 * s)], fill="white")
-                label_y = y_of(y_max) - 3 * s
-            text = f"{value:.2f}"
-            draw.rectangle(draw.textbbox(((x0 + x1) / 2, label_y), text, font=small, anchor="md"),
-                           fill="white")
-            draw.text(((x0 + x1) / 2, label_y), text, fill="black", font=small, anchor="md")
-        centre = x + group_width / 2
-        draw.text((centre, y_of(0) + 8 * s), group["label"], fill="black", font=medium,
-                  anchor="ma")
+    for group, xs, centre in zip(groups, positions, centres):
         if group["met"] is not None:
-            verdict = "target met" if group["met"] else "target missed"
-            draw.text((centre, y_of(0) + 26 * s), verdict, font=small, anchor="ma",
-                      fill=(30, 120, 40) if group["met"] else TARGET_COLOUR)
-        spans.setdefault(group["workload"], []).extend([x, x + group_width])
-        x += group_width + group_gap
+            axes.annotate(f"target {'met' if group['met'] else 'missed'}", (centre, 0),
+                          xycoords=("data", "axes fraction"), xytext=(0, -16),
+                          textcoords="offset points", ha="center", va="top", fontsize=7,
+                          color=MET_COLOUR if group["met"] else TARGET_COLOUR)
+        spans.setdefault(group["workload"], []).extend([xs[0] - 0.5, xs[-1] + 0.5])
     for workload, span in spans.items():
-        y = y_of(0) + 46 * s
-        draw.line([(min(span), y), (max(span), y)], fill=(120, 120, 120), width=s)
-        draw.text(((min(span) + max(span)) / 2, y + 4 * s), WORKLOAD_NAMES.get(workload, workload),
-                  fill="black", font=medium, anchor="ma")
-    _legend(draw, [series for series in COLOURS
-                   if any(series == name for group in groups for name, _ in group["bars"])],
-            (left, 58 * s), small)
-    return picture
-
-
-def _vertical_label(picture, text, position, length, font):
-    draw = ImageDraw.Draw(picture)
-    box = draw.textbbox((0, 0), text, font=font)
-    label = Image.new("RGB", (box[2] + 4, box[3] + 4), "white")
-    ImageDraw.Draw(label).text((2, 2), text, fill="black", font=font)
-    label = label.rotate(90, expand=True)
-    x, y = position
-    picture.paste(label, (int(x), int(y + (length - label.height) / 2)))
-
-
-def _legend(draw, series, position, font):
-    x, y = position
-    s = SCALE
-    for name in series:
-        draw.rectangle([x, y, x + 14 * s, y + 14 * s], fill=COLOURS[name])
-        draw.text((x + 20 * s, y + 7 * s), LEGEND[name], fill="black", font=font, anchor="lm")
-        x += 20 * s + draw.textlength(LEGEND[name], font=font) + 22 * s
-    draw.line([(x, y + 7 * s), (x + 24 * s, y + 7 * s)], fill=TARGET_COLOUR, width=2 * s)
-    draw.text((x + 30 * s, y + 7 * s), "target", fill="black", font=font, anchor="lm")
+        axes.annotate(WORKLOAD_NAMES.get(workload, workload), ((min(span) + max(span)) / 2, 0),
+                      xycoords=("data", "axes fraction"), xytext=(0, -30),
+                      textcoords="offset points", ha="center", va="top", fontsize=8)
 
 
 def subtitle_of(settings: dict) -> str:
@@ -258,18 +233,21 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         with open(args.results, encoding="utf-8") as stream:
             results = json.load(stream)
     else:
-        # Measure the checkout this script belongs to, not whichever copy is installed.
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from pythonflow.pfmq import benchmark
+        # Measure the checkout this script belongs to, not whichever copy is installed, here and
+        # in the fork server of the workers (see bench_pfmq.py).
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        sys.path.insert(0, root)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root,
+                                                                 os.environ.get("PYTHONPATH")]))
+        from pythonflow.pfmq import bench
 
-        measured = benchmark.run(quick=args.quick,
-                                 progress=lambda message: print(message, file=sys.stderr))
+        measured = bench.run(quick=args.quick,
+                             progress=lambda message: print(message, file=sys.stderr))
         results = {"settings": measured["settings"],
                    "rows": [row.as_dict() for row in measured["rows"]]}
-    chart = draw_chart(make_groups(results["rows"]),
-                       "pfmq, raw pyzmq and multiprocessing.Pool, relative to raw pyzmq",
-                       subtitle_of(results["settings"]))
-    chart.save(args.output, format="PNG", optimize=True)
+    figure = draw_chart(make_groups(results["rows"]), TITLE, subtitle_of(results["settings"]))
+    # Fixed metadata keeps the PNG byte-identical for identical figures.
+    figure.savefig(args.output, format="png", dpi=200, metadata={"Software": None})
     path = os.path.abspath(args.output)
     print(path)
     return path

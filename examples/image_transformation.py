@@ -1,7 +1,7 @@
 """The image transformation graph of the distributed data preparation guide, in one process.
 
-The graph (:func:`pythonflow.pfmq.images.build_graph`) reads an image, multiplies it by random
-noise and rotates it by a random angle. Run the script to see the stages side by side::
+The graph (:func:`pythonflow.pfmq.demo.images.build_graph`) reads an image, multiplies it by
+random noise and rotates it by a random angle. Run the script to see the stages side by side::
 
     python examples/image_transformation.py --image photo.jpg --output stages.png --seed 3
 
@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from pythonflow.data import sample_image_path
-from pythonflow.pfmq.images import build_graph, side_by_side
+from pythonflow.pfmq.demo.images import build_graph, side_by_side
 
 __all__ = ["SAMPLE_IMAGE", "build_graph", "graph", "main", "side_by_side"]
 

@@ -12,9 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "bench_pfmq.py")
 
 
-def run_suite(*args, timeout=45):
+def run_suite(*args, timeout=45, **options):
     process = subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                               stderr=subprocess.PIPE, text=True, **{"cwd": ROOT, **options})
     try:
         out, err = process.communicate(timeout=timeout)
     finally:
@@ -66,3 +66,15 @@ def test_workload_selection_and_bad_names():
                              text=True, timeout=30, cwd=ROOT)
     assert process.returncode == 2
     assert "unknown workloads" in process.stderr
+
+
+def test_the_checkout_is_measured_whatever_pythonflow_is_installed(tmp_path):
+    # Another pythonflow, found first on the path: it has pythonflow.pfmq but no benchmark.
+    decoy = tmp_path / "decoy"
+    (decoy / "pythonflow" / "pfmq").mkdir(parents=True)
+    (decoy / "pythonflow" / "__init__.py").write_text("")
+    (decoy / "pythonflow" / "pfmq" / "__init__.py").write_text("")
+    environment = dict(os.environ, PYTHONPATH=str(decoy))
+    environment.pop("PFMQ_KEY", None)
+    out, _ = run_suite("--quick", "--workloads", "W4", cwd=tmp_path, env=environment)
+    assert any(line.startswith("W4 ") and "p50 latency, ms" in line for line in out.splitlines())

@@ -228,6 +228,48 @@ def test_demo_without_its_sample_image(tmp_path, monkeypatch, capsys):
     assert not output.exists()
 
 
+# Runs the pfmq command as `python -m pythonflow.pfmq` does, in an interpreter where the module
+# named by argv[1] cannot be found, as if the package providing it were not installed.
+HIDE_AND_RUN = """
+import importlib.abc, runpy, sys
+hidden = sys.argv.pop(1)
+
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == hidden:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Hide())
+sys.argv[0] = "pfmq"
+runpy.run_module("pythonflow.pfmq", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("hidden", ["PIL", "scipy", "tqdm"])
+def test_demo_without_its_extra_says_what_to_install(tmp_path, hidden):
+    output = tmp_path / "demo.png"
+    result = subprocess.run([sys.executable, "-c", HIDE_AND_RUN, hidden, "demo", "--images", "1",
+                             "--workers", "1", "--output", str(output)], env=environment(),
+                            capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("pfmq demo: error: the demo needs the 'demo' extra")
+    assert f"no module {hidden!r}" in result.stderr
+    assert "pip install 'pythonflow[demo]'" in result.stderr
+    assert result.stdout == "" and not output.exists()
+
+
+def test_other_commands_do_not_need_the_demo_extra():
+    # The hook hides Pillow from the whole command, which still parses and answers.
+    result = subprocess.run([sys.executable, "-c", HIDE_AND_RUN, "PIL", "bench", "--workloads",
+                             "W9"], env=environment(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "unknown workloads" in result.stderr, result.stderr
+    result = subprocess.run([sys.executable, "-c", HIDE_AND_RUN, "PIL", "keygen", "--help"],
+                            env=environment(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.startswith("usage: pfmq keygen")
+
+
 def test_example_worker_and_consumer():
     examples = os.path.join(os.path.dirname(HERE), "examples")
     backend = f"tcp://127.0.0.1:{free_port()}"

@@ -1,4 +1,4 @@
-"""The image transformation graph (pythonflow.pfmq.images), its example script and sample image."""
+"""The image graph (pythonflow.pfmq.demo.images), its example script and the sample image."""
 import importlib.util
 import io
 import os
@@ -14,7 +14,8 @@ from PIL import Image
 
 import pythonflow.data
 from pythonflow import pfmq
-from pythonflow.pfmq import demo, images
+from pythonflow.pfmq import demo
+from pythonflow.pfmq.demo import images
 from pythonflow.pfmq.worker import seed_generators
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,7 +94,7 @@ def test_graph_pickles_by_reference_to_the_package(example):
 
     modules = set()
     restored = Recorder(io.BytesIO(pickle.dumps(example.graph))).load()
-    assert 'pythonflow.pfmq.images' in modules
+    assert 'pythonflow.pfmq.demo.images' in modules
     assert all(module.startswith(('pythonflow.', 'builtins')) for module in modules), modules
     results = []
     for graph in (example.graph, restored):

@@ -6,7 +6,7 @@ from pythonflow import pfmq
 
 ipp = pytest.importorskip("ipyparallel", reason="ipyparallel is not installed (pip install "
                           "'pythonflow[ipyparallel]')")
-from pythonflow.pfmq.ipyparallel import start_workers  # noqa: E402
+from pythonflow.pfmq.integrations.ipyparallel import start_workers  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 

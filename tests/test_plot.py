@@ -1,14 +1,21 @@
-"""benchmarks/plot.py turns the JSON of ``pfmq bench --json`` into a bar chart."""
+"""benchmarks/plot.py turns the JSON of ``pfmq bench --json`` into a matplotlib bar chart."""
 import importlib.util
 import json
 import os
+import re
 
+import numpy as np
 import pytest
-from PIL import Image
+
+pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install "
+                    "'pythonflow[docs]')")
+from matplotlib.colors import to_hex, to_rgb  # noqa: E402
+from matplotlib.image import imread  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs")
 
 
 @pytest.fixture(scope="module")
@@ -73,34 +80,85 @@ def test_a_measure_without_raw_figure_is_refused(plot):
         plot.make_groups([row("W2", "MB/s", 900.0, "Pool.imap chunksize=1", 300.0)])
 
 
-def bar_runs(picture, colours, y):
-    """The colours of the runs of bar pixels, left to right, along row ``y``."""
-    runs, previous = [], None
-    for x in range(picture.width):
-        pixel = picture.getpixel((x, y))
-        if pixel in colours and pixel != previous:
-            runs.append(pixel)
-        previous = pixel
-    return runs
+def test_the_figure_plots_every_bar_and_target(plot):
+    groups = plot.make_groups(RESULTS["rows"])
+    figure = plot.draw_chart(groups, "a title", plot.subtitle_of(RESULTS["settings"]))
+    axes, = figure.axes
+    # One container per series, its bars where bar_positions puts them, as high as the values.
+    drawn = {}
+    for container in axes.containers:
+        series = next(name for name, text in plot.LEGEND.items()
+                      if text == container.get_label())
+        for bar in container:
+            assert to_hex(bar.get_facecolor()) == plot.COLOURS[series]
+            drawn[round(bar.get_x() + bar.get_width() / 2, 6)] = (series, bar.get_height())
+    expected = {round(x, 6): bar for group, xs in zip(groups, plot.bar_positions(groups))
+                for x, bar in zip(xs, group["bars"])}
+    assert sorted(drawn) == sorted(expected)
+    for x, (series, value) in expected.items():
+        assert drawn[x][0] == series and drawn[x][1] == pytest.approx(value)
+    # The 6.0 bar is cut at the top of the axis, which leaves room for every target.
+    assert axes.get_ylim() == (0, plot.y_limit(groups)) and plot.y_limit(groups) == 2.0
+    assert "6.00" in [text.get_text() for text in axes.texts]
+    # One dashed segment per target, at its height, across its group's bars.
+    targets, = [c for c in axes.collections if c.get_label() == "target"]
+    segments = sorted((y0, x0, x1) for (x0, y0), (x1, _) in targets.get_segments())
+    wanted = sorted((group["target"], xs[0], xs[-1]) for group, xs
+                    in zip(groups, plot.bar_positions(groups)) if group["target"] is not None)
+    assert len(segments) == len(wanted) == 5
+    for (y, x0, x1), (target, first, last) in zip(segments, wanted):
+        assert y == pytest.approx(target) and x0 < first and x1 > last
+    labels = [text.get_text() for text in axes.texts]
+    assert labels.count("target missed") == 3 and labels.count("target met") == 2
+    assert {"W1 tiny requests", "W2 8 MiB arrays", "W3 scaling, 10 ms",
+            "W4 apply latency"} <= set(labels)
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert legend == [*plot.LEGEND.values(), "target"]
+    assert [tick.get_text() for tick in axes.get_xticklabels()] == [g["label"] for g in groups]
+    assert "Python 3.11.0" in figure.get_suptitle()
 
 
-def test_writes_a_png_with_the_bars_of_every_group(plot, tmp_path, capsys):
+def test_main_writes_the_chart_as_png(plot, tmp_path, capsys):
     source, output = tmp_path / "results.json", tmp_path / "chart.png"
     source.write_text(json.dumps(RESULTS))
     path = plot.main([str(source), "--output", str(output)])
     assert path == str(output)
     assert capsys.readouterr().out.strip() == str(output)
-    assert 10_000 < output.stat().st_size < 2_000_000
+    assert output.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    pixels = imread(output)[..., :3]
+    assert pixels.shape[1] > 1.5 * pixels.shape[0] > 600
+    # Every series and the targets show up in the picture in their own colours.
+    for colour in [*plot.COLOURS.values(), plot.TARGET_COLOUR]:
+        assert (np.abs(pixels - to_rgb(colour)) < 2 / 255).all(axis=-1).sum() > 50, colour
 
-    with Image.open(output) as picture:
-        assert picture.format == "PNG"
-        picture = picture.convert("RGB")
-    groups = plot.make_groups(RESULTS["rows"])
-    assert picture.width > 400 * plot.SCALE and picture.height > 300 * plot.SCALE
-    # Just above the x axis every bar shows, however short: find the row that crosses most.
-    colours = set(plot.COLOURS.values())
-    rows = [bar_runs(picture, colours, y) for y in range(picture.height // 2, picture.height)]
-    crossing = max(rows, key=len)
-    assert crossing == [plot.COLOURS[series] for group in groups for series, _ in group["bars"]]
-    # Some groups have targets: their dashed lines are drawn.
-    assert plot.TARGET_COLOUR in {colour for _, colour in picture.getcolors(1 << 20)}
+
+def table_rows(text):
+    """The body rows of the results ``list-table`` of docs/performance.rst, as lists of cells."""
+    table = text[text.index(".. list-table::"):]
+    table = table[:table.index("\n\n", table.index("* - "))]
+    rows = []
+    for line in table.splitlines():
+        match = re.match(r"\s+(\* )?- ?(.*)$", line)
+        if match:
+            if match.group(1):
+                rows.append([])
+            rows[-1].append(match.group(2).strip())
+    return rows[1:]  # without the header
+
+
+def test_the_chart_data_are_the_figures_of_the_performance_page():
+    with open(os.path.join(DOCS, "performance.rst"), encoding="utf-8") as stream:
+        rows = table_rows(stream.read())
+    with open(os.path.join(DOCS, "performance.json"), encoding="utf-8") as stream:
+        data = json.load(stream)
+    assert len(rows) == len(data["rows"]) == 18
+    for cells, entry in zip(rows, data["rows"]):
+        workload, measure, pfmq, baseline, other, ratio, target = cells
+        assert (entry["workload"], entry["measure"], entry["baseline"]) == (workload, measure,
+                                                                            baseline)
+        assert entry["pfmq"] == float(pfmq.replace(",", ""))
+        assert entry["other"] == float(other.replace(",", ""))
+        assert f"{entry['ratio']:.2f}x" == ratio
+        verdict = {None: "", True: ": met", False: ": missed"}[entry["met"]]
+        assert entry["target"] + verdict == target
+    assert os.path.getsize(os.path.join(DOCS, "performance.png")) > 10_000

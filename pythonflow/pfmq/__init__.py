@@ -5,6 +5,11 @@ hands requests from :class:`Task` objects (``broker.apply``, ``broker.imap``) to
 processes and routes the results back. See :mod:`pythonflow.pfmq.protocol` for the wire format,
 :mod:`pythonflow.pfmq.security` for CurveZMQ and :mod:`pythonflow.pfmq.serializers` for a
 serializer that cannot run code.
+
+The library is the modules of this package. Three sub-packages are built on it and not imported
+by it: :mod:`pythonflow.pfmq.demo` (the ``pfmq demo`` image pipeline, with the ``demo`` extra),
+:mod:`pythonflow.pfmq.bench` (the ``pfmq bench`` performance suite) and
+:mod:`pythonflow.pfmq.integrations` (adapters to other tools, such as ipyparallel).
 """
 from . import security, serializers
 from .broker import Broker

@@ -239,10 +239,25 @@ def run_status(args) -> int:
     return 0
 
 
+#: The top-level modules of the ``demo`` extra (Pillow, scipy, tqdm) that the demo imports.
+DEMO_MODULES = ("PIL", "scipy", "tqdm")
+
+
+def _import_demo():
+    """Import :mod:`pythonflow.pfmq.demo`; ``UsageError`` if the ``demo`` extra is missing."""
+    try:
+        from . import demo
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in DEMO_MODULES:
+            raise  # not a missing extra: a genuine fault, with its traceback
+        raise UsageError(f"the demo needs the 'demo' extra (no module {exc.name!r}): "
+                         "pip install 'pythonflow[demo]'") from None
+    return demo
+
+
 def run_demo(args) -> int:
     """``pfmq demo``: the image transformation pipeline on a local cluster."""
-    from . import demo
-
+    demo = _import_demo()
     if args.images < 1 or (args.workers is not None and args.workers < 1):
         raise UsageError("--images and --workers must be at least 1")
     try:  # before any worker starts: an install without its data files is for the user to mend
@@ -256,10 +271,10 @@ def run_demo(args) -> int:
 def run_bench(argv: List[str]) -> int:
     """``pfmq bench``: hand the arguments to the benchmark suite."""
     try:
-        from . import benchmark
+        from . import bench
     except ImportError as exc:
         raise UsageError(f"the benchmark suite is not available: {exc}") from None
-    return benchmark.main(argv) or 0
+    return bench.main(argv) or 0
 
 
 # -- argument parsing -----------------------------------------------------------------------------

@@ -1,17 +1,20 @@
 """The ``pfmq demo`` command: the image transformation graph on a local cluster.
 
-The graph itself lives in :mod:`pythonflow.pfmq.images`; this module re-exports its builder so
-that workers find it as ``pythonflow.pfmq.demo:build_graph``.
+The graph itself lives in :mod:`pythonflow.pfmq.demo.images`; this package re-exports its builder
+so that workers find it as ``pythonflow.pfmq.demo:build_graph``. Everything here needs the
+``demo`` extra (Pillow, scipy and tqdm: ``pip install 'pythonflow[demo]'``).
 """
 import os
 import sys
 import time
 from typing import Optional
 
+from tqdm import tqdm  # here, not in run(): a missing extra shows before any worker starts
+
 from pythonflow.data import sample_image_path
 
-from . import launch
-from .cluster import LocalCluster
+from .. import launch
+from ..cluster import LocalCluster
 from .images import (
     add_noise,
     build_graph,
@@ -25,13 +28,11 @@ from .images import (
 __all__ = ["GRAPH_REFERENCE", "build_graph", "load_image", "make_noise", "add_noise",
            "random_angle", "rotate", "side_by_side", "sample_image_path", "run"]
 
-#: How workers find the graph: they import this module and call :func:`build_graph`.
+#: How workers find the graph: they import this package and call :func:`build_graph`.
 GRAPH_REFERENCE = "pythonflow.pfmq.demo:build_graph"
 
 
 def _throughput(cluster, requests, description: str) -> float:
-    from tqdm import tqdm
-
     started = time.perf_counter()
     # len(task) lets tqdm show the total.
     for _ in tqdm(cluster.imap(requests, seed=0), desc=description, unit="image",

@@ -1,53 +1,27 @@
-"""What the pfmq benchmark compares pfmq with, and the harness both sides share.
+"""What the pfmq benchmark compares pfmq with: raw pyzmq and ``multiprocessing.Pool``.
 
 The baselines do the work of each workload without pfmq: directly with pyzmq (PUSH/PULL
 pipelines and a ROUTER/DEALER proxy, no library around them: the ceiling of what ZeroMQ and
-pickle allow from Python) and with ``multiprocessing.Pool``. The harness starts and ends worker
-processes, checks every result and times the runs; :mod:`pythonflow.pfmq.benchmark` uses it for
-the pfmq figures too, so that all systems are measured the same way.
+pickle allow from Python) and with ``multiprocessing.Pool``. They are measured with the harness
+of :mod:`pythonflow.pfmq.bench.harness`, as the pfmq figures of
+:mod:`pythonflow.pfmq.bench.suite` are, and do the work of :mod:`pythonflow.pfmq.bench.work`.
 
 Worker processes come from the ``multiprocessing`` context the caller passes (the benchmark uses
-a fork server), so every function they run lives at module level here.
+a fork server), so every function they run lives at module level.
 """
 import contextlib
-import logging
-import math
 import pickle
 import threading
-import time
 from typing import Callable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-LOGGER = logging.getLogger(__name__)
-SLEEP = 0.010  # seconds each W3 request takes
-STARTUP_TIMEOUT = 30.0
+from .harness import STARTUP_TIMEOUT, Processes, Tally, best_rate, percentiles, wait_until
+from .work import check_half, divide, divide_request, nap
 
-
-# -- what the workers compute ---------------------------------------------------------------------
-
-def divide(pair: Tuple[float, float]) -> float:
-    """Return ``pair[0] / pair[1]``: the W1 and W4 work of the baselines."""
-    return pair[0] / pair[1]
-
-
-def divide_request(request: dict) -> float:
-    """Return ``x / y`` from the context of a ``{'fetches': ..., 'context': {...}}`` request."""
-    return request["context"]["x"] / request["context"]["y"]
-
-
-def add_one(array: np.ndarray) -> np.ndarray:
-    """Return ``array + 1``: the W2 work."""
-    return array + 1
-
-
-def nap(item):
-    """Sleep :data:`SLEEP` seconds and return ``item``: the W3 work."""
-    time.sleep(SLEEP)
-    return item
-
+# -- the raw workers ------------------------------------------------------------------------------
 
 _RAW_FUNCTIONS = {"divide": divide, "nap": nap}
 
@@ -73,120 +47,6 @@ def _rep_worker(address):
     rep.connect(address)
     while True:
         rep.send(pickle.dumps(divide_request(pickle.loads(rep.recv())), protocol=5))
-
-
-# -- the harness ----------------------------------------------------------------------------------
-
-class Processes:
-    """Worker processes of one ``multiprocessing`` context; :meth:`close` ends each by its PID.
-
-    Parameters
-    ----------
-    mp_context : multiprocessing context
-        Where the processes come from.
-    """
-
-    def __init__(self, mp_context):
-        self.mp_context = mp_context
-        self.processes = []
-
-    def start(self, target: Callable, *args) -> None:
-        """Start a daemon process running ``target(*args)``."""
-        process = self.mp_context.Process(target=target, args=args, daemon=True)
-        process.start()
-        self.processes.append(process)
-
-    def check(self) -> None:
-        """Raise :class:`RuntimeError` if any of the processes has exited."""
-        for process in self.processes:
-            if process.exitcode is not None:
-                raise RuntimeError(f"worker process {process.pid} exited ({process.exitcode})")
-
-    def close(self) -> None:
-        """Terminate the processes, and kill those that do not end within five seconds."""
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            process.join(5)
-            if process.is_alive():
-                process.kill()
-                process.join(5)
-        self.processes.clear()
-
-
-def wait_until(predicate: Callable[[], bool], processes: Processes, what: str) -> None:
-    """Poll ``predicate`` until it holds; raise if ``processes`` die or it takes too long."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while not predicate():
-        processes.check()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready within {STARTUP_TIMEOUT} s")
-        time.sleep(0.01)
-
-
-class Tally:
-    """Counts results and sums them (the first item of an array), to check every run."""
-
-    def __init__(self):
-        self.count = 0
-        self.total = 0.0
-
-    def __call__(self, value) -> None:
-        self.count += 1
-        self.total += float(value[0] if isinstance(value, np.ndarray) else value)
-
-    def check(self, count: int, total: float, what: str) -> None:
-        """Raise :class:`RuntimeError` unless ``count`` results summing to ``total`` came."""
-        if self.count != count or not math.isclose(self.total, total):
-            raise RuntimeError(f"{what}: {self.count} results summing to {self.total}, "
-                               f"expected {count} summing to {total}")
-
-
-def best_rate(run: Callable[[Sequence, Tally], None], items: Sequence, expected: float,
-              what: str, repeats: int) -> float:
-    """Items per second of ``run(items, tally)``, the best of ``repeats`` checked runs.
-
-    The best run is the one least disturbed by whatever else the machine was doing.
-
-    Parameters
-    ----------
-    run : callable
-        Processes ``items`` and passes every result to the tally.
-    items : sequence
-        The inputs of one run.
-    expected : float
-        What the results of one run add up to.
-    what : str
-        Names the system in errors.
-    repeats : int
-        How many runs to time.
-    """
-    best = 0.0
-    for _ in range(repeats):
-        tally = Tally()
-        started = time.perf_counter()
-        run(items, tally)
-        best = max(best, len(items) / (time.perf_counter() - started))
-        tally.check(len(items), expected, what)
-    return best
-
-
-def percentiles(round_trip: Callable[[], None], count: int) -> np.ndarray:
-    """Milliseconds of ``count`` calls of ``round_trip`` (after a warm-up): p50 and p99."""
-    for _ in range(20):
-        round_trip()
-    latencies = []
-    for _ in range(count):
-        started = time.perf_counter()
-        round_trip()
-        latencies.append(time.perf_counter() - started)
-    return np.percentile(latencies, [50, 99]) * 1e3
-
-
-def check_half(value: float) -> None:
-    """Raise :class:`RuntimeError` unless a W4 round trip answered 0.5."""
-    if value != 0.5:
-        raise RuntimeError(f"a round trip answered {value!r}, not 0.5")
 
 
 # -- raw pyzmq ------------------------------------------------------------------------------------

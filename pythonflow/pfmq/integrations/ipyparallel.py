@@ -36,8 +36,8 @@ import threading
 import uuid
 from typing import Any, List, Optional
 
-from . import launch
-from .common import check_address
+from .. import launch
+from ..common import check_address
 
 LOGGER = logging.getLogger(__name__)
 

@@ -9,9 +9,11 @@ W4  sequential ``broker.apply`` calls: round-trip latency, p50 and p99.
 
 Each workload runs pfmq, ``multiprocessing.Pool`` and the same work written directly with pyzmq
 (no library around it: the ceiling of what ZeroMQ and pickle allow from Python) in one run, so
-the ratios compare like with like on one machine; :mod:`pythonflow.pfmq.baselines` holds the
-last two. Worker processes come from a ``forkserver``
-context: starting one is cheap, and none inherits the benchmark's sockets or threads.
+the ratios compare like with like on one machine; :mod:`pythonflow.pfmq.bench.baselines` holds
+the last two, :mod:`pythonflow.pfmq.bench.work` the work and
+:mod:`pythonflow.pfmq.bench.harness` the measurements all three share. Worker processes come
+from a ``forkserver`` context: starting one is cheap, and none inherits the benchmark's sockets
+or threads.
 
 Run ``pfmq bench`` or ``python benchmarks/bench_pfmq.py``; ``--quick`` is a smoke run. (Not
 ``python -m``: the fork server would import this module a second time as ``__main__``.)
@@ -31,28 +33,14 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import zmq
 
-from .baselines import (
-    SLEEP,
-    Processes,
-    Tally,
-    add_one,
-    best_rate,
-    check_half,
-    divide,
-    divide_request,
-    nap,
-    percentiles,
-    pool_rates,
-    pool_round_trips,
-    raw_pipeline_rate,
-    raw_round_trips,
-    wait_until,
-)
-from .broker import Broker
-from .worker import Worker
+from ..broker import Broker
+from ..worker import Worker
+from .baselines import pool_rates, pool_round_trips, raw_pipeline_rate, raw_round_trips
+from .harness import Processes, Tally, best_rate, percentiles, wait_until
+from .work import SLEEP, add_one, check_half, divide, divide_request, nap
 
 LOGGER = logging.getLogger(__name__)
-MODULE = "pythonflow.pfmq.benchmark"  # preloaded by the fork server, whatever __name__ is
+MODULE = "pythonflow.pfmq.bench.suite"  # preloaded by the fork server, whatever __name__ is
 WORKLOADS = ("W1", "W2", "W3", "W4")
 SIZES = {  # W1, W2 and W4: requests; W3: requests per worker; throughputs: best of `repeats`
     "full": {"W1": 20_000, "W2": 200, "W3": 50, "W4": 2_000, "repeats": 3},

@@ -1,0 +1,6 @@
+"""Bridges between pfmq and other distributed-computing tools.
+
+Each module here imports its tool only when it is used, so that the library itself does not
+depend on it: :mod:`pythonflow.pfmq.integrations.ipyparallel` starts pfmq workers on the
+engines of an ipyparallel cluster (``pip install 'pythonflow[ipyparallel]'``).
+"""
