@@ -12,9 +12,9 @@ import zmq
 from pfmq_helpers import running_broker, thread_workers, wait_for_workers, wait_until
 
 from pythonflow import pfmq
-from pythonflow.pfmq import ipyparallel as pfmq_ipyparallel
 from pythonflow.pfmq import protocol
 from pythonflow.pfmq.common import RateLimitedLogger
+from pythonflow.pfmq.integrations import ipyparallel as pfmq_ipyparallel
 from pythonflow.pfmq.protocol import CANCELLED, COMPLETED, Kind, ProtocolError, Wire
 from pythonflow.pfmq.scheduler import Scheduler
 

@@ -6,7 +6,7 @@
 
     import ipyparallel as ipp
     from pythonflow import pfmq
-    from pythonflow.pfmq.ipyparallel import start_workers
+    from pythonflow.pfmq.integrations.ipyparallel import start_workers
 
     key = secrets.token_hex(32)  # signs every message: nobody without it can submit work
     cluster = ipp.Cluster(n=8)
