@@ -1,7 +1,8 @@
-"""Tasks: Pythonflow 0.3 spellings and life cycle.
+"""Tasks: Pythonflow 0.3 spellings and life cycle, and faults on the task side (issue 9).
 
 * the 0.3 option names ``max_retries``/``max_results``, ``with`` on a task created with
   ``start=False``, ``run()`` in the calling thread;
+* a ``StopIteration`` raised by the transformation must not end the consumer's loop silently.
 """
 import threading
 import time
@@ -100,3 +101,36 @@ def test_thread_ends_after_the_last_result(broker):
         assert list(task) == [2 * i for i in range(50)]
         task._thread.join(1)
         assert not task._thread.is_alive()
+
+
+# -- fault 3: StopIteration raised on a worker --------------------------------------------------
+
+
+def stop_at_two(request):
+    """Double the request, but raise ``StopIteration`` for 2 (as a careless ``next()`` would)."""
+    if request == 2:
+        raise StopIteration("the transformation ran out of something")
+    return 2 * request
+
+
+def test_stop_iteration_on_a_worker_does_not_end_the_loop_silently(broker):
+    with thread_workers(broker.backend_address, target=stop_at_two):
+        seen = []
+        with pytest.raises(RuntimeError, match="request 2 raised StopIteration") as info:
+            for result in broker.imap(range(5)):
+                seen.append(result)
+        assert seen == [0, 2]
+        original = info.value.__cause__
+        assert isinstance(original, StopIteration)
+        assert "ran out of something" in str(original)
+        assert isinstance(original.__cause__, pfmq.RemoteError)
+        assert "stop_at_two" in original.__cause__.traceback
+
+        assert list(broker.imap(range(5), errors="skip")) == [0, 2, 6, 8]
+        results = list(broker.imap(range(5), errors="return"))
+        assert results[:2] == [0, 2] and results[3:] == [6, 8]
+        assert type(results[2]) is RuntimeError
+        assert isinstance(results[2].__cause__, StopIteration)
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            broker.apply(2)
+        assert list(broker.imap(range(5), errors="skip").iter_results()) == [0, 2, 6, 8]
