@@ -2,19 +2,27 @@
 
 * the 0.3 option names ``max_retries``/``max_results``, ``with`` on a task created with
   ``start=False``, ``run()`` in the calling thread;
-* a ``StopIteration`` raised by the transformation must not end the consumer's loop silently.
+* a ``StopIteration`` raised by the transformation must not end the consumer's loop silently;
+* a slow request iterator must not silence the task's heartbeats (its jobs would run twice).
 """
+import collections
+import itertools
 import threading
 import time
 import uuid
 
 import pytest
 from pfmq_helpers import (  # noqa: F401 (broker_fixture provides the ``broker`` fixture)
+    CountingIterator,
     broker_fixture,
+    running_broker,
     thread_workers,
+    wait_for_workers,
+    wait_until,
 )
 
 from pythonflow import pfmq
+from pythonflow.pfmq.reader import reader_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,3 +142,71 @@ def test_stop_iteration_on_a_worker_does_not_end_the_loop_silently(broker):
         with pytest.raises(RuntimeError, match="StopIteration"):
             broker.apply(2)
         assert list(broker.imap(range(5), errors="skip").iter_results()) == [0, 2, 6, 8]
+
+
+# -- fault 4: a slow request iterator -----------------------------------------------------------
+
+
+def test_slow_request_iterator_keeps_the_heartbeats_going():
+    heartbeat = 0.05  # the broker forgets a task silent for 3 of its intervals
+    executions = collections.Counter()
+    lock = threading.Lock()
+
+    def count_and_sleep(request):
+        with lock:
+            executions[request] += 1
+        time.sleep(0.4)  # still running when the task would be forgotten
+        return request
+
+    def slow_requests():
+        for i in range(3):
+            yield i
+            time.sleep(0.6)  # far longer than 3 heartbeat intervals
+
+    with running_broker(heartbeat_interval=heartbeat) as broker:
+        with thread_workers(broker.backend_address, target=count_and_sleep,
+                            heartbeat_interval=heartbeat):
+            wait_for_workers(broker, 1)
+            task = broker.imap(slow_requests(), heartbeat_interval=heartbeat)
+            assert list(task) == [0, 1, 2]
+    assert executions == {0: 1, 1: 1, 2: 1}, "a request of a live task ran twice"
+
+
+def test_failing_slow_request_iterator_is_reported_in_its_place(broker):
+    read = []
+
+    def requests():
+        for i in range(4):
+            read.append(i)
+            time.sleep(0.05)
+            yield i
+        raise OSError("the source went away")
+
+    with thread_workers(broker.backend_address):
+        task = broker.imap(requests(), errors="return")
+        assert [next(task) for _ in range(4)] == [0, 2, 4, 6]
+        with pytest.raises(OSError, match="went away"):
+            next(task)
+        with pytest.raises(StopIteration):
+            next(task)
+        assert read == [0, 1, 2, 3]
+
+
+def test_only_iterators_over_containers_are_read_in_the_loop_thread():
+    assert not reader_for(iter([1, 2])).threaded and not reader_for(iter(range(3))).threaded
+    assert reader_for(x for x in [1, 2]).threaded
+    assert reader_for(CountingIterator([1, 2])).threaded
+
+
+def test_threaded_reader_reads_one_batch_ahead_at_most():
+    source = CountingIterator(itertools.count())
+    ready = threading.Event()
+    reader = reader_for(source)
+    reader.start(ready.set)
+    assert reader.take(10, 10) == ([], False)  # nothing read yet: the loop is woken later
+    assert ready.wait(5)
+    assert reader.take(10, 10) == (list(range(10)), False)
+    wait_until(lambda: source.count == 20, timeout=5, message="the next batch read")
+    time.sleep(0.1)  # a reader that went on would have read more by now
+    assert source.count == 20
+    reader.close()

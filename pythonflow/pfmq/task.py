@@ -72,6 +72,12 @@ class Task:
         Defaults to the process-wide instance.
     max_retries, max_results : int, optional
         The Pythonflow 0.3 names of ``num_retries`` and ``cache_size``.
+
+    Notes
+    -----
+    The request iterator is read in a thread of its own (unless it iterates over a list, tuple,
+    range or similar container), so that an iterator that takes long for an item never delays
+    the task's heartbeats: the broker would presume the task gone and drop its jobs.
     """
 
     def __init__(self, requests: Iterable, frontend_address: str, dumps=None, loads=None,
