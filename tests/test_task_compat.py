@@ -3,15 +3,21 @@
 * the 0.3 option names ``max_retries``/``max_results``, ``with`` on a task created with
   ``start=False``, ``run()`` in the calling thread;
 * a ``StopIteration`` raised by the transformation must not end the consumer's loop silently;
-* a slow request iterator must not silence the task's heartbeats (its jobs would run twice).
+* a slow request iterator must not silence the task's heartbeats (its jobs would run twice);
+* ``apply`` must not leave sockets behind in threads that ended, nor reuse a connection set up
+  for another CURVE key pair.
 """
 import collections
+import gc
 import itertools
+import os
 import threading
 import time
 import uuid
+import warnings
 
 import pytest
+import zmq
 from pfmq_helpers import (  # noqa: F401 (broker_fixture provides the ``broker`` fixture)
     CountingIterator,
     broker_fixture,
@@ -23,6 +29,7 @@ from pfmq_helpers import (  # noqa: F401 (broker_fixture provides the ``broker``
 
 from pythonflow import pfmq
 from pythonflow.pfmq.reader import reader_for
+from pythonflow.pfmq.security import CurveClient, CurveServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -210,3 +217,70 @@ def test_threaded_reader_reads_one_batch_ahead_at_most():
     time.sleep(0.1)  # a reader that went on would have read more by now
     assert source.count == 20
     reader.close()
+
+
+# -- fault 5: connections of apply --------------------------------------------------------------
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_apply_in_short_lived_threads_closes_its_connections():
+    context = zmq.Context()
+    broker = pfmq.Broker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", heartbeat_interval=0.2,
+                         context=context)
+    try:
+        broker.run_async()
+        with thread_workers(broker.backend_address, context=context):
+            assert broker.apply(1) == 2  # the main thread's connection stays open
+            before = open_descriptors()
+            results = []
+            gc.collect()  # what earlier tests left behind is not ours to report
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ResourceWarning)
+                for i in range(40):
+                    thread = threading.Thread(target=lambda i=i: results.append(broker.apply(i)))
+                    thread.start()
+                    thread.join(10)
+                gc.collect()
+            assert sorted(results) == [2 * i for i in range(40)]
+            unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)
+                        and "Unclosed socket" in str(w.message)]  # pyzmq's words
+            assert unclosed == [], "apply left sockets for the garbage collector to close"
+            assert open_descriptors() <= before + 4
+    finally:
+        broker.cancel(timeout=10)
+        pfmq.task.close_apply_connections()
+        terminating = threading.Thread(target=context.term, daemon=True)
+        terminating.start()
+        terminating.join(10)
+    assert not terminating.is_alive(), "a socket of apply kept the context from terminating"
+
+
+def test_apply_never_reuses_the_connection_of_a_collected_curve_client():
+    public, secret = zmq.curve_keypair()
+    trusted = CurveClient(public)
+    server = CurveServer(secret, public, allowed_clients=[trusted.public_key])
+    with running_broker("tcp://127.0.0.1:*", frontend_address="tcp://127.0.0.1:*",
+                        curve=server) as broker:
+        with thread_workers(broker.backend_address, curve=server.client()):
+            assert pfmq.apply(1, broker.frontend_address, curve=trusted) == 2
+            address = id(trusted)
+            del trusted
+            gc.collect()
+            # Make clients until one lands where the trusted one lived.
+            kept, stranger = [], None
+            for _ in range(20000):
+                candidate = CurveClient(server.public_key)
+                if id(candidate) == address:
+                    stranger = candidate
+                    break
+                kept.append(candidate)
+            if stranger is None:
+                pytest.skip("the interpreter did not reuse the address of the collected client")
+            with pytest.raises(TimeoutError):
+                pfmq.apply(2, broker.frontend_address, curve=stranger, timeout=0.3,
+                           num_retries=1)
+            assert server.refused >= 1

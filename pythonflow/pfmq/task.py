@@ -210,30 +210,89 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-_apply_sockets = threading.local()
+class _Connections:
+    """The connections :func:`apply` keeps for one thread, closed when the thread ends.
+
+    They are keyed by value (the context, which each socket holds, the address, the shared key and
+    the CURVE keys), never by ``id()``: a collected object's id may be another's later.
+    """
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.sockets = {}  # key -> (DEALER socket, job ids)
+
+    @staticmethod
+    def key(io: Stream) -> tuple:
+        curve = io.curve
+        if curve is not None and all(hasattr(curve, name) for name in _CURVE_KEYS):
+            curve = tuple(getattr(curve, name) for name in _CURVE_KEYS)
+        return io.context, io.address, io.wire.key, curve
+
+    def get(self, key: tuple, io: Stream) -> tuple:
+        """The connection for ``key``, made now if there is none or it was closed."""
+        entry = self.sockets.get(key)
+        if entry is None or entry[0].closed:
+            entry = self.sockets[key] = (
+                dealer(io.context, io.address, protocol.new_id(), io.curve), itertools.count())
+        return entry
+
+    def discard(self, key: tuple) -> None:
+        sock, _ = self.sockets.pop(key, (None, None))
+        if sock is not None:
+            sock.close(linger=0)
+
+    def close(self) -> None:
+        while self.sockets:
+            self.discard(next(iter(self.sockets)))
+
+    def __del__(self):
+        # The thread ended and its thread-local data goes. A forked child must leave the
+        # parent's sockets alone.
+        if self.pid == os.getpid():
+            self.close()
+
+
+_CURVE_KEYS = ("server_key", "public_key", "secret_key")
+_apply_local = threading.local()
+
+
+def _connections() -> _Connections:
+    connections = getattr(_apply_local, "connections", None)
+    if connections is None or connections.pid != os.getpid():
+        connections = _apply_local.connections = _Connections()
+    return connections
+
+
+def close_apply_connections() -> None:
+    """Close the connections that :func:`apply` keeps for the calling thread.
+
+    Those of other threads are closed when their thread ends. ``zmq.Context.term()`` waits for
+    every socket of its context: call this first in a thread that used ``apply`` on it.
+    """
+    connections = getattr(_apply_local, "connections", None)
+    if connections is not None and connections.pid == os.getpid():
+        connections.close()
 
 
 def apply(request, frontend_address: str, **task_options) -> Any:
     """Evaluate one request on a worker and return its result.
 
-    It runs in the calling thread on a connection kept per thread and address, so a loop of
-    ``apply`` calls costs one round trip each and no set-up.
+    It runs in the calling thread on a connection kept for the thread (until it ends, or
+    :func:`close_apply_connections`), so a loop of ``apply`` calls costs one round trip each
+    and no set-up.
     """
     task_options["start"] = False
     task = Task([request], frontend_address, **task_options)
     io = task._io
-    cache = _apply_sockets.__dict__.setdefault(os.getpid(), {})
-    key = (id(io.context), io.address, io.wire.key, id(io.curve))
-    if key not in cache:
-        cache[key] = (dealer(io.context, io.address, protocol.new_id(), io.curve),
-                      itertools.count())
-    sock, io.job_ids = cache[key]
+    connections = _connections()
+    key = connections.key(io)
+    sock, io.job_ids = connections.get(key, io)
     task._thread = threading.current_thread()
     try:
         io.run(sock)
     finally:
         if io.outbox.error is not None or sock.closed:
-            cache.pop(key, None)
+            connections.discard(key)
     return next(task)
 
 
