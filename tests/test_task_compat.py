@@ -21,6 +21,7 @@ import zmq
 from pfmq_helpers import (  # noqa: F401 (broker_fixture provides the ``broker`` fixture)
     CountingIterator,
     broker_fixture,
+    context_terminates,
     running_broker,
     thread_workers,
     wait_for_workers,
@@ -252,11 +253,8 @@ def test_apply_in_short_lived_threads_closes_its_connections():
             assert open_descriptors() <= before + 4
     finally:
         broker.cancel(timeout=10)
-        pfmq.task.close_apply_connections()
-        terminating = threading.Thread(target=context.term, daemon=True)
-        terminating.start()
-        terminating.join(10)
-    assert not terminating.is_alive(), "a socket of apply kept the context from terminating"
+        terminated = context_terminates(context)
+    assert terminated, "a socket of apply kept the context from terminating"
 
 
 def test_apply_never_reuses_the_connection_of_a_collected_curve_client():
