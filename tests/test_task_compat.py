@@ -200,6 +200,21 @@ def test_failing_slow_request_iterator_is_reported_in_its_place(broker):
         assert read == [0, 1, 2, 3]
 
 
+def test_run_in_the_calling_thread_reads_a_generator_in_another(broker):
+    readers = set()
+
+    def requests():
+        for i in range(5):
+            readers.add(threading.current_thread())
+            yield i
+
+    with thread_workers(broker.backend_address):
+        task = broker.imap(requests(), start=False)
+        task.run()
+        assert list(task) == [0, 2, 4, 6, 8]
+    assert threading.current_thread() not in readers and len(readers) == 1
+
+
 def test_only_iterators_over_containers_are_read_in_the_loop_thread():
     assert not reader_for(iter([1, 2])).threaded and not reader_for(iter(range(3))).threaded
     assert reader_for(x for x in [1, 2]).threaded
