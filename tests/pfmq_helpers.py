@@ -44,6 +44,17 @@ def wait_for_workers(broker: pfmq.Broker, count: int, timeout: float = 20.0) -> 
                       timeout, message=f"{count} workers signed up")
 
 
+def context_terminates(context, timeout: float = 10.0) -> bool:
+    """Terminate ``context`` in a helper thread and say whether that ended within ``timeout``
+    (``term()`` waits for every socket of the context); the calling thread's ``apply``
+    connections are closed first."""
+    pfmq.task.close_apply_connections()
+    terminating = threading.Thread(target=context.term, daemon=True)
+    terminating.start()
+    terminating.join(timeout)
+    return not terminating.is_alive()
+
+
 class CountingIterator:
     """Wraps an iterator and counts the items taken from it (to see how far a task read)."""
 

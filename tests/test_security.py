@@ -10,7 +10,13 @@ import time
 
 import pytest
 import zmq
-from pfmq_helpers import HEARTBEAT, running_broker, wait_for_workers, wait_until
+from pfmq_helpers import (
+    HEARTBEAT,
+    context_terminates,
+    running_broker,
+    wait_for_workers,
+    wait_until,
+)
 
 from pythonflow import pfmq
 from pythonflow.pfmq import cli, protocol
@@ -348,3 +354,44 @@ def test_command_line_keygen_and_key_file(capsys, tmp_path, monkeypatch):
         assert cli.main(["status", "--frontend", broker.frontend_address, "--timeout", "0.3",
                          "--key-file", str(key_file)]) == 1
         assert "PFMQ_KEY" in capsys.readouterr().err
+
+
+# -- the ZAP handler's life ---------------------------------------------------------------------
+
+
+def new_threads(before):
+    return [thread for thread in threading.enumerate() if thread not in before]
+
+
+def test_zap_handler_ends_with_the_last_curve_broker_of_its_context():
+    context = zmq.Context()
+    before = set(threading.enumerate())
+    # Only the brokers' own clients may connect.
+    first, second = (CurveServer.generate(allowed_clients=[]) for _ in range(2))
+    options = dict(frontend_address="tcp://127.0.0.1:*", curve=first, context=context)
+    try:
+        with running_broker("tcp://127.0.0.1:*", **options) as one:
+            with running_broker("tcp://127.0.0.1:*", **{**options, "curve": second}) as two:
+                assert two.stats()["workers"] == 0  # over CURVE, with the broker's own client
+            # The handler still answers for the broker that is left, and still refuses.
+            assert one.stats()["workers"] == 0
+            with pytest.raises(TimeoutError):
+                pfmq.apply(1, one.frontend_address, context=context, timeout=0.3,
+                           num_retries=1, curve=CurveClient(first.public_key))
+        wait_until(lambda: not new_threads(before), timeout=5,
+                   message="every thread of the brokers ended")
+        # A broker started afterwards gets a handler of its own.
+        with running_broker("tcp://127.0.0.1:*", **options) as again:
+            assert again.stats()["workers"] == 0
+        wait_until(lambda: not new_threads(before), timeout=5, message="the new handler ended")
+    finally:
+        terminated = context_terminates(context)
+    assert terminated, "a ZAP handler kept the context from terminating"
+
+
+def test_curve_brokers_one_after_another_on_the_shared_context():
+    server = CurveServer.generate()
+    for _ in range(10):  # each one binds the ZAP endpoint the one before released
+        with running_broker("tcp://127.0.0.1:*", frontend_address="tcp://127.0.0.1:*",
+                            curve=server) as broker:
+            assert broker.stats()["workers"] == 0

@@ -13,7 +13,8 @@ class RemoteError(RuntimeError):
     """A request failed on a worker; ``traceback`` holds the worker's traceback as text.
 
     The exception raised by the transformation is re-raised at the consumer with its original
-    type, chained to a ``RemoteError`` (its ``__cause__``).
+    type, chained to a ``RemoteError`` (its ``__cause__``). A ``StopIteration`` is re-raised
+    inside a ``RuntimeError`` (its ``__cause__``), so that it cannot end the consumer's loop.
     """
 
     def __init__(self, message: str, traceback: Optional[str] = None):
@@ -35,6 +36,13 @@ def exception_for(index: int, outcome: tuple) -> BaseException:
             return remote
         original.__cause__ = remote
         original.__suppress_context__ = True
+        if isinstance(original, (StopIteration, StopAsyncIteration)):
+            # Raised at the consumer it would end the consumer's loop as if every result were
+            # in; wrapped as PEP 479 wraps one escaping a generator.
+            wrapped = RuntimeError(f"request {index} raised {type(original).__name__} on a "
+                                   f"worker")
+            wrapped.__cause__ = original
+            return wrapped
         return original
     if code == SERIALIZATION_ERROR:
         return SerializationError(f"request {index}: {outcome[1]}")

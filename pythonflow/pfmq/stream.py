@@ -8,9 +8,10 @@ Data flow::
 
 The I/O thread reads the request iterator lazily and keeps about two jobs per worker slot in
 flight, so every worker stays busy; it stops reading while ``cache_size`` results wait for the
-consumer, so memory stays bounded however long (or infinite) the iterator is. Cheap requests are
-batched into larger jobs (sized from the workers' measured time per request) so that per-message
-costs do not dominate.
+consumer, so memory stays bounded however long (or infinite) the iterator is. An iterator that is
+not a plain walk over a container is read in a thread of its own (:mod:`.reader`), so that a slow
+one never delays the heartbeats. Cheap requests are batched into larger jobs (sized from the
+workers' measured time per request) so that per-message costs do not dominate.
 
 It pings the broker every heartbeat interval. The broker's answer says how many of the task's
 jobs it holds; jobs the broker has lost (because it restarted, or forgot a task that was silent
@@ -27,9 +28,10 @@ import time
 import zmq
 
 from . import protocol
-from .common import RateLimitedLogger, dealer, key_hint, waiting_messages
+from .common import RateLimitedLogger, Wakeup, dealer, key_hint, waiting_messages
 from .errors import ITERATOR_FAILED, WORKERS_DIED
 from .protocol import SERIALIZATION_ERROR, Kind, ProtocolError
+from .reader import reader_for
 from .serialization import SerializationError
 
 LOGGER = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ class Stream:
 
     def __init__(self, requests, address, serializer, wire, context, timeout, num_retries,
                  cache_size, ordered, seed, heartbeat_interval, max_batch, target_job_seconds):
-        self.requests = iter(requests)
+        self.reader = reader_for(iter(requests))
         self.address = address
         self.serializer = serializer
         self.wire = wire
@@ -130,6 +132,10 @@ class Stream:
         own_socket = sock is None
         if own_socket:
             sock = dealer(self.context, self.address, protocol.new_id(), self.curve)
+        if self.reader.threaded:
+            if self.wakeup is None:  # run in the caller's thread: the reader must wake us
+                self.wakeup = Wakeup()
+            self.reader.start(self.wakeup.set)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         if self.wakeup is not None:
@@ -179,6 +185,7 @@ class Stream:
                 except zmq.ZMQError:
                     pass
                 sock.close(linger=100)
+            self.reader.close()
             if self.wakeup is not None:
                 self.wakeup.close()
 
@@ -215,23 +222,19 @@ class Stream:
             self.waiting_for_consumer = False
             if len(self.pending) >= 2 * max(self.capacity, 1) + 1:
                 return
-            batch = list(itertools.islice(self._read_requests(), self._batch_size()))
+            count = self._batch_size()
+            # While every worker slot has a job, a full batch is worth waiting for.
+            least = count if len(self.pending) >= max(self.capacity, 1) else 1
+            batch, done = self.reader.take(count, least)
             if batch:
+                self.next_index += len(batch)
                 self._submit(self.next_index - len(batch), batch)
-
-    def _read_requests(self):
-        while not self.exhausted:
-            try:
-                request = next(self.requests)
-            except StopIteration:
+            if done:
                 self.exhausted = True
-                return
-            except Exception as exc:  # delivered in the failing request's place
-                self.exhausted = True
-                self._deliver([(self.next_index, (ITERATOR_FAILED, exc))])
-                return
-            self.next_index += 1
-            yield request
+                if self.reader.error is not None:  # delivered in the failing request's place
+                    self._deliver([(self.next_index, (ITERATOR_FAILED, self.reader.error))])
+            elif not batch:
+                return  # the reader wakes the loop when there is more
 
     def _batch_size(self):
         if self.seconds_per_request is None:

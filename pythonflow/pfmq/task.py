@@ -43,9 +43,10 @@ class Task:
         Seconds without any word from the broker before a retry is counted. A transformation
         that runs longer is fine: the broker answers heartbeats meanwhile.
     num_retries : int
-        Silent timeouts before ``TimeoutError``.
+        Silent timeouts before ``TimeoutError``; ``max_retries`` is its Pythonflow 0.3 name.
     cache_size : int
-        Results held for the consumer before the task stops reading requests.
+        Results held for the consumer before the task stops reading requests; ``max_results``
+        is its Pythonflow 0.3 name.
     ordered : bool
         Yield results in request order; else as they complete.
     errors : {'raise', 'skip', 'return'}
@@ -69,6 +70,14 @@ class Task:
         instead of being sent.
     context : zmq.Context, optional
         Defaults to the process-wide instance.
+    max_retries, max_results : int, optional
+        The Pythonflow 0.3 names of ``num_retries`` and ``cache_size``.
+
+    Notes
+    -----
+    The request iterator is read in a thread of its own (unless it iterates over a list, tuple,
+    range or similar container), so that an iterator that takes long for an item never delays
+    the task's heartbeats: the broker would presume the task gone and drop its jobs.
     """
 
     def __init__(self, requests: Iterable, frontend_address: str, dumps=None, loads=None,
@@ -77,13 +86,19 @@ class Task:
                  seed: Optional[int] = None, key=None, serializer=None, curve=None,
                  heartbeat_interval: float = HEARTBEAT_INTERVAL, max_batch: int = 256,
                  target_job_seconds: float = 0.005, max_message_size: Optional[int] = None,
-                 context: Optional[zmq.Context] = None):
+                 context: Optional[zmq.Context] = None, max_retries: Optional[int] = None,
+                 max_results: Optional[int] = None):
+        num_retries = _renamed("num_retries", num_retries, 3, "max_retries", max_retries)
+        cache_size = _renamed("cache_size", cache_size, 64, "max_results", max_results)
         if errors not in ERRORS:
             raise ValueError(f"errors must be one of {ERRORS}, not {errors!r}")
         if not 1 <= max_batch <= protocol.MAX_JOB_REQUESTS:
             raise ValueError(f"max_batch must be in [1, {protocol.MAX_JOB_REQUESTS}]")
-        if cache_size < 1:
-            raise ValueError("cache_size must be at least 1")
+        if not _is_count(cache_size):
+            raise ValueError(f"cache_size must be a whole number of at least 1, not {cache_size!r}")
+        if not _is_count(num_retries):
+            raise ValueError(f"num_retries must be a whole number of at least 1, not "
+                             f"{num_retries!r}")
         if seed is not None and not 0 <= seed < 1 << 63:
             raise ValueError("seed must be an integer in [0, 2**63)")
         self.requests = requests
@@ -112,12 +127,14 @@ class Task:
     def run(self) -> None:
         """Send every request and collect every result in the calling thread.
 
-        Iterating over the task afterwards reads the results without waiting.
+        Iterating over the task afterwards reads the results without waiting. A task that runs
+        in the background already (``start=True``) is waited for instead, as in Pythonflow 0.3.
         """
-        if self._thread is not None:
-            raise RuntimeError("the task was started already")
-        self._thread = threading.current_thread()
-        self._io.run()
+        if self._thread is None:
+            self._thread = threading.current_thread()
+            self._io.run()
+        elif self._thread is not threading.current_thread():
+            self._thread.join()
 
     @property
     def is_alive(self) -> bool:
@@ -132,6 +149,8 @@ class Task:
         self._io.outbox.close()
 
     def __enter__(self):
+        if self._thread is None:  # created with start=False: Pythonflow starts it here
+            self.run_async()
         return self
 
     def __exit__(self, *exc_info):
@@ -174,30 +193,106 @@ class Task:
             LOGGER.warning("skipping request %d: %s: %s", index, type(error).__name__, error)
 
 
-_apply_sockets = threading.local()
+def _renamed(name: str, value, default, old_name: str, old_value):
+    """``value``, or ``old_value`` if it was passed under the Pythonflow 0.3 name ``old_name``.
+
+    A ``value`` equal to its default counts as not given.
+    """
+    if old_value is None:
+        return value
+    if value != default and value != old_value:
+        raise ValueError(f"{name}={value!r} and its old name {old_name}={old_value!r} disagree: "
+                         f"pass {name} only")
+    return old_value
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+class _Connections:
+    """The connections :func:`apply` keeps for one thread, closed when the thread ends.
+
+    They are keyed by value (the context, which each socket holds, the address, the shared key and
+    the CURVE keys), never by ``id()``: a collected object's id may be another's later.
+    """
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.sockets = {}  # key -> (DEALER socket, job ids)
+
+    @staticmethod
+    def key(io: Stream) -> tuple:
+        curve = io.curve
+        if curve is not None and all(hasattr(curve, name) for name in _CURVE_KEYS):
+            curve = tuple(getattr(curve, name) for name in _CURVE_KEYS)
+        return io.context, io.address, io.wire.key, curve
+
+    def get(self, key: tuple, io: Stream) -> tuple:
+        """The connection for ``key``, made now if there is none or it was closed."""
+        entry = self.sockets.get(key)
+        if entry is None or entry[0].closed:
+            entry = self.sockets[key] = (
+                dealer(io.context, io.address, protocol.new_id(), io.curve), itertools.count())
+        return entry
+
+    def discard(self, key: tuple) -> None:
+        sock, _ = self.sockets.pop(key, (None, None))
+        if sock is not None:
+            sock.close(linger=0)
+
+    def close(self) -> None:
+        while self.sockets:
+            self.discard(next(iter(self.sockets)))
+
+    def __del__(self):
+        # The thread ended and its thread-local data goes. A forked child must leave the
+        # parent's sockets alone.
+        if self.pid == os.getpid():
+            self.close()
+
+
+_CURVE_KEYS = ("server_key", "public_key", "secret_key")
+_apply_local = threading.local()
+
+
+def _connections() -> _Connections:
+    connections = getattr(_apply_local, "connections", None)
+    if connections is None or connections.pid != os.getpid():
+        connections = _apply_local.connections = _Connections()
+    return connections
+
+
+def close_apply_connections() -> None:
+    """Close the connections that :func:`apply` keeps for the calling thread.
+
+    Those of other threads are closed when their thread ends. ``zmq.Context.term()`` waits for
+    every socket of its context: call this first in a thread that used ``apply`` on it.
+    """
+    connections = getattr(_apply_local, "connections", None)
+    if connections is not None and connections.pid == os.getpid():
+        connections.close()
 
 
 def apply(request, frontend_address: str, **task_options) -> Any:
     """Evaluate one request on a worker and return its result.
 
-    It runs in the calling thread on a connection kept per thread and address, so a loop of
-    ``apply`` calls costs one round trip each and no set-up.
+    It runs in the calling thread on a connection kept for the thread (until it ends, or
+    :func:`close_apply_connections`), so a loop of ``apply`` calls costs one round trip each
+    and no set-up.
     """
     task_options["start"] = False
     task = Task([request], frontend_address, **task_options)
     io = task._io
-    cache = _apply_sockets.__dict__.setdefault(os.getpid(), {})
-    key = (id(io.context), io.address, io.wire.key, id(io.curve))
-    if key not in cache:
-        cache[key] = (dealer(io.context, io.address, protocol.new_id(), io.curve),
-                      itertools.count())
-    sock, io.job_ids = cache[key]
+    connections = _connections()
+    key = connections.key(io)
+    sock, io.job_ids = connections.get(key, io)
     task._thread = threading.current_thread()
     try:
         io.run(sock)
     finally:
         if io.outbox.error is not None or sock.closed:
-            cache.pop(key, None)
+            connections.discard(key)
     return next(task)
 
 
