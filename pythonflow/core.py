@@ -354,7 +354,7 @@ def opmethod(target: Optional[Callable] = None, **kwargs: Any) -> Callable:
         return functools.partial(opmethod, **kwargs)
 
     @functools.wraps(target)
-    def wrapper(*args: Any, **inner_kwargs: Any):
+    def wrapper(*args: Any, **inner_kwargs: Any) -> func_op:
         return func_op(target, *args, **{**kwargs, **inner_kwargs})
 
     wrapper._pf_opmethod = True

@@ -3,7 +3,8 @@
 Inputs and values (:class:`placeholder`, :class:`constant`, :func:`identity`,
 :class:`lazy_constant`), control flow that evaluates only what it needs (:class:`conditional`,
 :class:`try_`) and small helpers (:func:`import_`, :func:`assert_`, :func:`str_format`,
-:func:`call`). Caching is in :mod:`pythonflow.caching`.
+:func:`call`). Caching is in :mod:`pythonflow.caching`; :func:`cache` and :func:`cache_file` are
+importable from here too, where Spotify's Pythonflow defines them.
 """
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import importlib
 import threading
 from typing import Any, Callable, Generator, Iterable, Mapping, Optional, Union
 
+from .caching import cache, cache_file
 from .core import Operation, _call, func_op
 from .errors import InvalidTypeError
 from .evaluation import resolve_lazily
 
-__all__ = ["assert_", "call", "conditional", "constant", "identity", "import_", "lazy_constant",
-           "placeholder", "str_format", "try_"]
+__all__ = ["assert_", "cache", "cache_file", "call", "conditional", "constant", "identity",
+           "import_", "lazy_constant", "placeholder", "str_format", "try_"]
 
 
 class placeholder(Operation):  # noqa: N801 - lower case to match Pythonflow's public API

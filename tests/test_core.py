@@ -521,6 +521,9 @@ def test_star_import_gives_the_public_names_and_shadows_no_builtin():
     assert set(namespace) == set(pf.__all__)
     assert not set(namespace) & set(dir(builtins))
     assert namespace['len_'] is pf.len_ and namespace['cache_file'] is pf.cache_file
+    # Where Spotify's Pythonflow defines them, too.
+    from pythonflow.operations import cache, cache_file
+    assert (cache, cache_file) == (pf.cache, pf.cache_file)
 
 
 def _package_imports(module):
