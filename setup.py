@@ -23,7 +23,7 @@ setup(
     long_description_content_type="text/x-rst",
     license="Apache-2.0",
     packages=find_packages(include=["pythonflow", "pythonflow.*"]),
-    package_data={"pythonflow.data": ["sample.png"]},
+    package_data={"pythonflow": ["py.typed"], "pythonflow.data": ["sample.png"]},
     python_requires=">=3.9",
     install_requires=["pyzmq>=22", "numpy"],
     extras_require={

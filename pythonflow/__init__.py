@@ -3,15 +3,17 @@
 Build a graph of operations inside ``with pf.Graph() as graph:`` and evaluate it with
 ``graph(fetches, context)``. The :mod:`pythonflow.pfmq` subpackage distributes evaluations over
 processes and machines; it is imported separately (``from pythonflow import pfmq``).
-"""
-import builtins as _builtins
 
-from . import wrappers as _wrappers
+The modules: :mod:`~pythonflow.core` (operations), :mod:`~pythonflow.graph` (the graph),
+:mod:`~pythonflow.evaluation` (the evaluator), :mod:`~pythonflow.operations` (placeholders,
+branches, error handling), :mod:`~pythonflow.caching`, :mod:`~pythonflow.wrappers` (builtins and
+:mod:`operator` as operations), :mod:`~pythonflow.util` (profiling, batching, lazy imports),
+:mod:`~pythonflow.scopes` (per-thread construction state) and :mod:`~pythonflow.errors`.
+"""
+from .caching import cache, cache_file
 from .core import EvaluationError, Graph, Operation, control_dependencies, func_op, opmethod
 from .operations import (
     assert_,
-    cache,
-    cache_file,
     call,
     conditional,
     constant,
@@ -23,15 +25,141 @@ from .operations import (
     try_,
 )
 from .util import Profiler, batch_iterable, lazy_import
-from .wrappers import *  # noqa: F403 - the generated builtin and operator wrappers
+from .wrappers import (
+    abs_,
+    add,
+    all_,
+    and_,
+    any_,
+    ascii_,
+    attrgetter,
+    bin_,
+    bool_,
+    bytearray_,
+    bytes_,
+    callable_,
+    chr_,
+    classmethod_,
+    compile_,
+    complex_,
+    concat,
+    contains,
+    countOf,
+    delattr_,
+    delitem,
+    dict_,
+    dir_,
+    divmod_,
+    enumerate_,
+    eq,
+    eval_,
+    exec_,
+    filter_,
+    float_,
+    floordiv,
+    format_,
+    frozenset_,
+    ge,
+    getattr_,
+    getitem,
+    globals_,
+    gt,
+    hasattr_,
+    hash_,
+    help_,
+    hex_,
+    id_,
+    index,
+    indexOf,
+    input_,
+    int_,
+    inv,
+    invert,
+    ior,
+    ipow,
+    irshift,
+    is_,
+    is_not,
+    isinstance_,
+    issubclass_,
+    itemgetter,
+    iter_,
+    le,
+    len_,
+    length_hint,
+    list_,
+    locals_,
+    lshift,
+    lt,
+    map_,
+    matmul,
+    max_,
+    memoryview_,
+    methodcaller,
+    min_,
+    mod,
+    mul,
+    ne,
+    neg,
+    next_,
+    not_,
+    object_,
+    oct_,
+    open_,
+    or_,
+    ord_,
+    pos,
+    pow_,
+    print_,
+    property_,
+    range_,
+    repr_,
+    reversed_,
+    round_,
+    rshift,
+    set_,
+    setattr_,
+    setitem,
+    slice_,
+    sorted_,
+    staticmethod_,
+    str_,
+    sub,
+    sum_,
+    super_,
+    truediv,
+    truth,
+    tuple_,
+    type_,
+    vars_,
+    xor,
+    zip_,
+)
 
 __version__ = "0.5.0"
 
-# Wrappers named like builtins (`abs`, `pow` from the operator module) stay reachable as
-# `pf.abs` but are left out of `__all__` so that a star import does not shadow the builtins.
+# Every public name, written out. None is the name of a builtin, so that `from pythonflow import
+# *` shadows none of them: wrapped builtins carry a trailing underscore (`len_`).
 __all__ = [
-    "EvaluationError", "Graph", "Operation", "Profiler", "assert_", "batch_iterable", "cache",
-    "cache_file", "call", "conditional", "constant", "control_dependencies", "func_op",
-    "identity", "import_", "lazy_constant", "lazy_import", "opmethod", "placeholder",
-    "str_format", "try_",
-] + [name for name in _wrappers.__all__ if not hasattr(_builtins, name)]
+    # graphs and operations
+    "EvaluationError", "Graph", "Operation", "control_dependencies", "func_op", "opmethod",
+    # operations beyond function calls
+    "assert_", "cache", "cache_file", "call", "conditional", "constant", "identity", "import_",
+    "lazy_constant", "placeholder", "str_format", "try_",
+    # utilities
+    "Profiler", "batch_iterable", "lazy_import",
+    # builtins as operations
+    "abs_", "all_", "any_", "ascii_", "bin_", "bool_", "bytearray_", "bytes_", "callable_", "chr_",
+    "classmethod_", "compile_", "complex_", "delattr_", "dict_", "dir_", "divmod_", "enumerate_",
+    "eval_", "exec_", "filter_", "float_", "format_", "frozenset_", "getattr_", "globals_",
+    "hasattr_", "hash_", "help_", "hex_", "id_", "input_", "int_", "isinstance_", "issubclass_",
+    "iter_", "len_", "list_", "locals_", "map_", "max_", "memoryview_", "min_", "next_", "object_",
+    "oct_", "open_", "ord_", "pow_", "print_", "property_", "range_", "repr_", "reversed_",
+    "round_", "set_", "setattr_", "slice_", "sorted_", "staticmethod_", "str_", "sum_", "super_",
+    "tuple_", "type_", "vars_", "zip_",
+    # the operator module as operations
+    "add", "and_", "attrgetter", "concat", "contains", "countOf", "delitem", "eq", "floordiv",
+    "ge", "getitem", "gt", "index", "indexOf", "inv", "invert", "ior", "ipow", "irshift", "is_",
+    "is_not", "itemgetter", "le", "length_hint", "lshift", "lt", "matmul", "methodcaller", "mod",
+    "mul", "ne", "neg", "not_", "or_", "pos", "rshift", "setitem", "sub", "truediv", "truth", "xor",
+]

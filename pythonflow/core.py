@@ -1,31 +1,28 @@
-"""Graphs of lazily evaluated operations.
+"""Operations: the nodes of a graph, created by calling functions and Python's operators.
 
-Operations are declared inside ``with Graph() as graph:`` and nothing is computed until the graph
-is called with the operations to fetch and a context of known values. Evaluation is iterative (an
-explicit stack instead of recursion), so arbitrarily deep chains of operations evaluate under
-Python's default recursion limit.
+:class:`Operation` is the base class; :class:`func_op` calls a function with the values of its
+arguments, :func:`opmethod` turns a function into one that creates such operations, and
+:class:`control_dependencies` orders side effects. Nothing is computed when an operation is
+created: :class:`~pythonflow.Graph` evaluates operations when it is called.
 """
 from __future__ import annotations
 
 import functools
-import logging
 import operator
 import os
 import sys
-from collections.abc import Iterable, Mapping
-from typing import Any, Callable, Optional
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Callable, Optional, Union
 
 from .errors import ForeignOperationError
 from .evaluation import EvaluationError, Node, find_operations
-from .graph import Graph, _thread_stack
-
-LOGGER = logging.getLogger(__name__)
+from .graph import Graph
+from .scopes import dependency_stack
 
 __all__ = ["EvaluationError", "Graph", "Operation", "control_dependencies", "func_op", "opmethod"]
 
 # Frames in these files are library internals; errors point at the first frame outside them.
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
 
 
 def _caller_location() -> Optional[tuple]:
@@ -39,6 +36,33 @@ def _caller_location() -> Optional[tuple]:
     return frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name
 
 
+def _unary(function: Callable[[Any], Any]) -> Callable[[Operation], Operation]:
+    def method(self: Operation) -> Operation:
+        return func_op(function, self, graph=self.graph)
+    return _named(method, function, "", "self")
+
+
+def _binary(function: Callable[[Any, Any], Any]) -> Callable[[Operation, Any], Operation]:
+    def method(self: Operation, other: Any) -> Operation:
+        return func_op(function, self, other, graph=self.graph)
+    return _named(method, function, "", "self, other")
+
+
+def _reflected(function: Callable[[Any, Any], Any]) -> Callable[[Operation, Any], Operation]:
+    # `1 - x` calls `x.__rsub__(1)`, which must evaluate `1 - x`, not `x - 1`.
+    def method(self: Operation, other: Any) -> Operation:
+        return func_op(function, other, self, graph=self.graph)
+    return _named(method, function, "r", "other, self")
+
+
+def _named(method: Callable, function: Callable, prefix: str, arguments: str) -> Callable:
+    # Gives an operator method the name and docstring it would have if written out with `def`.
+    name = f"__{prefix}{function.__name__.strip('_')}__"
+    source = "" if function is divmod else "operator."
+    method.__name__ = name
+    method.__qualname__ = f"Operation.{name}"
+    method.__doc__ = f"Return an operation evaluating ``{source}{function.__name__}({arguments})``."
+    return method
 
 
 class Operation(Node):
@@ -74,11 +98,11 @@ class Operation(Node):
     _lazy = False
     # Makes numpy return NotImplemented from its operators so that ours are used instead.
     __array_ufunc__ = None
-    __hash__ = object.__hash__
 
-    def __init__(self, *args, length: Optional[int] = None, graph: Optional[Graph] = None,
-                 name: Optional[str] = None, dependencies: Optional[Iterable] = None,
-                 **kwargs) -> None:
+    def __init__(self, *args: Any, length: Optional[int] = None, graph: Optional[Graph] = None,
+                 name: Optional[str] = None,
+                 dependencies: Optional[Iterable[Union[Operation, str]]] = None,
+                 **kwargs: Any) -> None:
         # `graph` is set first so that pickling an operation pickles its graph, which holds all
         # operations in creation order, before anything else.
         self.graph = graph = Graph.get_active_graph(graph)
@@ -93,7 +117,7 @@ class Operation(Node):
 
     def _collect_dependencies(self, dependencies: Optional[Iterable]) -> list:
         collected = [] if dependencies is None else list(dependencies)
-        for graph, extra in _thread_stack("dependencies"):
+        for graph, extra in dependency_stack():
             if graph is self.graph:
                 collected.extend(extra)
         return [self.graph.normalize_operation(dependency) for dependency in collected]
@@ -121,11 +145,11 @@ class Operation(Node):
     def _default_name(self) -> str:
         return type(self).__name__
 
-    def _evaluate(self, *args, **kwargs) -> Any:
+    def _evaluate(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement `_evaluate`")
 
     def evaluate(self, context: Optional[Mapping] = None, callback: Optional[Callable] = None,
-                 **kwargs) -> Any:
+                 **kwargs: Any) -> Any:
         """
         Evaluate this operation in its graph.
 
@@ -193,7 +217,7 @@ class Operation(Node):
     def __getitem__(self, key: Any) -> Operation:
         return func_op(operator.getitem, self, key, graph=self.graph)
 
-    def __call__(self, *args, **kwargs) -> Operation:
+    def __call__(self, *args: Any, **kwargs: Any) -> Operation:
         return func_op(_call, self, *args, graph=self.graph, **kwargs)
 
     def __len__(self) -> int:
@@ -202,7 +226,7 @@ class Operation(Node):
                             "it to unpack it")
         return self.length
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Operation]:
         for index in range(len(self)):
             yield self[index]
 
@@ -216,6 +240,53 @@ class Operation(Node):
         # Without this, `reversed` would index the operation with `__len__`, which needs a length.
         return func_op(reversed, self, graph=self.graph)
 
+    # Operators: each creates an operation applying the operator to the values ------------------
+
+    __add__ = _binary(operator.add)
+    __sub__ = _binary(operator.sub)
+    __mul__ = _binary(operator.mul)
+    __truediv__ = _binary(operator.truediv)
+    __floordiv__ = _binary(operator.floordiv)
+    __mod__ = _binary(operator.mod)
+    __divmod__ = _binary(divmod)
+    __pow__ = _binary(operator.pow)
+    __matmul__ = _binary(operator.matmul)
+    __lshift__ = _binary(operator.lshift)
+    __rshift__ = _binary(operator.rshift)
+    __and__ = _binary(operator.and_)
+    __xor__ = _binary(operator.xor)
+    __or__ = _binary(operator.or_)
+
+    __radd__ = _reflected(operator.add)
+    __rsub__ = _reflected(operator.sub)
+    __rmul__ = _reflected(operator.mul)
+    __rtruediv__ = _reflected(operator.truediv)
+    __rfloordiv__ = _reflected(operator.floordiv)
+    __rmod__ = _reflected(operator.mod)
+    __rdivmod__ = _reflected(divmod)
+    __rpow__ = _reflected(operator.pow)
+    __rmatmul__ = _reflected(operator.matmul)
+    __rlshift__ = _reflected(operator.lshift)
+    __rrshift__ = _reflected(operator.rshift)
+    __rand__ = _reflected(operator.and_)
+    __rxor__ = _reflected(operator.xor)
+    __ror__ = _reflected(operator.or_)
+
+    # Comparisons need no reflected forms: Python tries `y > x` itself when `x < y` is not
+    # supported. Since `==` builds an operation, operations hash by identity.
+    __lt__ = _binary(operator.lt)
+    __le__ = _binary(operator.le)
+    __eq__ = _binary(operator.eq)
+    __ne__ = _binary(operator.ne)
+    __gt__ = _binary(operator.gt)
+    __ge__ = _binary(operator.ge)
+    __hash__ = object.__hash__
+
+    __neg__ = _unary(operator.neg)
+    __pos__ = _unary(operator.pos)
+    __abs__ = _unary(operator.abs)
+    __invert__ = _unary(operator.invert)
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         target = state.get("target")
@@ -224,44 +295,8 @@ class Operation(Node):
             state["target"] = reference
         return state
 
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
 
-
-def _unary(function: Callable) -> Callable:
-    def method(self):
-        return func_op(function, self, graph=self.graph)
-    return method
-
-
-def _binary(function: Callable, reflected: bool = False) -> Callable:
-    if reflected:
-        def method(self, other):
-            return func_op(function, other, self, graph=self.graph)
-    else:
-        def method(self, other):
-            return func_op(function, self, other, graph=self.graph)
-    return method
-
-
-_BINARY = {
-    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "truediv": operator.truediv,
-    "floordiv": operator.floordiv, "mod": operator.mod, "pow": operator.pow,
-    "matmul": operator.matmul, "and": operator.and_, "or": operator.or_, "xor": operator.xor,
-    "lshift": operator.lshift, "rshift": operator.rshift, "divmod": divmod,
-}
-for _name, _function in _BINARY.items():
-    setattr(Operation, f"__{_name}__", _binary(_function))
-    setattr(Operation, f"__r{_name}__", _binary(_function, reflected=True))
-for _name in ("lt", "le", "eq", "ne", "gt", "ge"):
-    setattr(Operation, f"__{_name}__", _binary(getattr(operator, _name)))
-for _name, _function in {"neg": operator.neg, "pos": operator.pos, "abs": operator.abs,
-                         "invert": operator.invert}.items():
-    setattr(Operation, f"__{_name}__", _unary(_function))
-del _name, _function
-
-
-def _call(function: Callable, *args, **kwargs) -> Any:
+def _call(function: Callable, *args: Any, **kwargs: Any) -> Any:
     return function(*args, **kwargs)
 
 
@@ -286,18 +321,18 @@ class func_op(Operation):  # noqa: N801 - lower case to match Pythonflow's publi
     6
     """
 
-    def __init__(self, target: Callable, *args, **kwargs) -> None:
+    def __init__(self, target: Callable, *args: Any, **kwargs: Any) -> None:
         self.target = target
         super().__init__(*args, **kwargs)
 
     def _default_name(self) -> str:
         return getattr(self.target, "__name__", None) or type(self.target).__name__
 
-    def _evaluate(self, *args, **kwargs) -> Any:
+    def _evaluate(self, *args: Any, **kwargs: Any) -> Any:
         return self.target(*args, **kwargs)
 
 
-def opmethod(target: Optional[Callable] = None, **kwargs) -> Callable:
+def opmethod(target: Optional[Callable] = None, **kwargs: Any) -> Callable:
     """
     Decorate a function so that calling it creates a :class:`func_op` instead.
 
@@ -319,7 +354,7 @@ def opmethod(target: Optional[Callable] = None, **kwargs) -> Callable:
         return functools.partial(opmethod, **kwargs)
 
     @functools.wraps(target)
-    def wrapper(*args, **inner_kwargs):
+    def wrapper(*args: Any, **inner_kwargs: Any) -> func_op:
         return func_op(target, *args, **{**kwargs, **inner_kwargs})
 
     wrapper._pf_opmethod = True
@@ -370,13 +405,14 @@ class control_dependencies:  # noqa: N801 - lower case to match Pythonflow's pub
     6
     """
 
-    def __init__(self, dependencies: Iterable, graph: Optional[Graph] = None) -> None:
+    def __init__(self, dependencies: Iterable[Union[Operation, str]],
+                 graph: Optional[Graph] = None) -> None:
         self.graph = Graph.get_active_graph(graph)
         self.dependencies = [self.graph.normalize_operation(dep) for dep in dependencies]
 
     def __enter__(self) -> control_dependencies:
-        _thread_stack("dependencies").append((self.graph, self.dependencies))
+        dependency_stack().append((self.graph, self.dependencies))
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        _thread_stack("dependencies").pop()
+    def __exit__(self, *exc_info: object) -> None:
+        dependency_stack().pop()

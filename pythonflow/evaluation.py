@@ -8,10 +8,7 @@ a time and the evaluator pushes those on its stack, sends the values back and th
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Any, Callable, Generator, MutableMapping, Optional
-
-LOGGER = logging.getLogger(__name__)
 
 __all__ = ["EvaluationError", "Node", "evaluate", "find_operations", "resolve",
            "resolve_lazily"]
@@ -237,6 +234,8 @@ def evaluate(operations: list, context: MutableMapping,
     callback : callable, optional
         ``callback(operation, context)`` returning a context manager wrapping each evaluation.
     """
+    # The top of `stack` is the operation to work on. It is popped once its value is in
+    # `context`; until then its missing inputs, or what a lazy operation asks for, go on top.
     stack = list(reversed(operations))
     expanded = set()  # operations whose inputs have been pushed; seeing one again means a cycle
     suspended = {}  # lazy operations currently running, keyed by operation
@@ -248,39 +247,60 @@ def evaluate(operations: list, context: MutableMapping,
         inputs = operation._inputs
         if inputs:
             missing = [item for item in inputs if item not in context]
-            if missing:
+            if missing:  # evaluate them first, then come back to this operation
                 if operation in expanded:
                     raise _cycle_error(operation)
                 expanded.add(operation)
-                missing.reverse()
+                missing.reverse()  # the first input is evaluated first
                 stack.extend(missing)
                 continue
-        try:
-            if operation._lazy:
-                if _step_lazy(operation, context, callback, suspended, stack):
-                    continue
-            else:
-                args, kwargs = _arguments(operation, context)
-                if callback is None:
-                    value = operation._evaluate(*args, **kwargs)
-                else:
-                    value = None  # stays None if the callback's context manager swallows errors
-                    with callback(operation, context):
-                        value = operation._evaluate(*args, **kwargs)
-                context[operation] = value
-                stack.pop()
-                continue
-        except _Passthrough as passthrough:
-            error = passthrough.error
-        except Exception as exc:  # re-raised below unless a lazy operation handles it
-            error = exc
-            _annotate(error, operation)
-        # Raising outside the `except` block keeps the error's context as the operation set it.
-        stack.pop()
-        expanded.discard(operation)
-        suspended.pop(operation, None)
-        if not _unwind(error, context, suspended, stack, expanded):
-            raise error
+        error = _step(operation, context, callback, suspended, stack)
+        if error is not None:
+            # Raising here, outside the `except` block that caught the error, keeps the error's
+            # context as the operation set it.
+            stack.pop()
+            expanded.discard(operation)
+            suspended.pop(operation, None)
+            if not _unwind(error, context, suspended, stack, expanded):
+                raise error
+
+
+def _step(operation: Node, context: MutableMapping, callback: Optional[Callable],
+          suspended: dict, stack: list) -> Optional[Exception]:
+    """Run or resume `operation`, whose inputs have values; return the error it raised."""
+    try:
+        if operation._lazy:
+            _resume(operation, context, callback, suspended, stack)
+            return None
+        args, kwargs = _arguments(operation, context)
+        if callback is None:
+            value = operation._evaluate(*args, **kwargs)
+        else:
+            value = None  # stays None if the callback's context manager swallows the error
+            with callback(operation, context):
+                value = operation._evaluate(*args, **kwargs)
+        context[operation] = value
+    except _Passthrough as passthrough:
+        return passthrough.error
+    except Exception as exc:  # handed to the lazy operations below unless one handles it
+        _annotate(exc, operation)
+        return exc
+    stack.pop()
+    return None
+
+
+def _resume(operation: Node, context: MutableMapping, callback: Optional[Callable],
+            suspended: dict, stack: list) -> None:
+    """Start a lazy operation or send it the value it asked for."""
+    state = suspended.get(operation)
+    if state is None:
+        state = _start(operation, context, callback)
+        argument = None
+    elif state.awaited in context:
+        argument = context[state.awaited]
+    else:  # what it asked for is above it on the stack, so it asked for itself
+        raise _cycle_error(operation)
+    _advance(operation, state, context, stack, suspended, state.generator.send, argument)
 
 
 def _start(operation: Node, context: MutableMapping, callback: Optional[Callable]) -> _Suspended:
@@ -323,20 +343,6 @@ def _advance(operation: Node, state: _Suspended, context: MutableMapping, stack:
     state.awaited = requested
     suspended[operation] = state
     stack.append(requested)
-
-
-def _step_lazy(operation: Node, context: MutableMapping, callback: Optional[Callable],
-               suspended: dict, stack: list) -> bool:
-    state = suspended.get(operation)
-    if state is None:
-        state = _start(operation, context, callback)
-        argument = None
-    elif state.awaited in context:
-        argument = context[state.awaited]
-    else:
-        raise _cycle_error(operation)
-    _advance(operation, state, context, stack, suspended, state.generator.send, argument)
-    return True
 
 
 def _unwind(error: Exception, context: MutableMapping, suspended: dict, stack: list,

@@ -1,7 +1,13 @@
-"""The graph: a namespace of operations that evaluates them on demand."""
+"""The graph: a namespace of named operations that evaluates them on demand.
+
+:class:`Graph` keeps the operations created in it by name, turns fetches and contexts given by
+name into operations and hands them to :mod:`pythonflow.evaluation`. It uses operations only
+through the evaluator's :class:`~pythonflow.evaluation.Node` base class: :mod:`pythonflow.core`
+imports this module, never the other way round (the import of ``Operation`` below is for type
+checkers only and does not run).
+"""
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
@@ -9,26 +15,12 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from . import evaluation
 from .errors import ForeignOperationError, InvalidTypeError
 from .evaluation import Node
+from .scopes import graph_stack
 
-if TYPE_CHECKING:  # pragma: no cover - annotations only; core imports this module
+if TYPE_CHECKING:  # pragma: no cover - for annotations only, so no import cycle at run time
     from .core import Operation
 
-LOGGER = logging.getLogger(__name__)
-
 __all__ = ["Graph"]
-
-_THREAD_STATE = threading.local()
-
-
-def _thread_stack(attribute: str) -> list:
-    # Default graphs and control dependencies are per thread so that graphs built concurrently in
-    # several threads do not leak operations into each other.
-    stack = getattr(_THREAD_STATE, attribute, None)
-    if stack is None:
-        stack = []
-        setattr(_THREAD_STATE, attribute, stack)
-    return stack
-
 
 
 def _sanitize_name(name: str) -> str:
@@ -59,18 +51,18 @@ class Graph:
     """
 
     def __init__(self) -> None:
-        self.operations: dict = {}
+        self.operations: dict[str, Operation] = {}
         self._lock = threading.Lock()
         self._count = 0
 
     # Graph construction --------------------------------------------------------------------------
 
     def __enter__(self) -> Graph:
-        _thread_stack("graphs").append(self)
+        graph_stack().append(self)
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        stack = _thread_stack("graphs")
+    def __exit__(self, *exc_info: object) -> None:
+        stack = graph_stack()
         if not stack or stack[-1] is not self:
             raise RuntimeError("graph contexts must be exited in the reverse order of entering")
         stack.pop()
@@ -97,7 +89,7 @@ class Graph:
         """
         if graph is not None:
             return graph
-        stack = _thread_stack("graphs")
+        stack = graph_stack()
         if stack:
             return stack[-1]
         raise ValueError(
@@ -201,7 +193,7 @@ class Graph:
             return item.graph is self
         return item in self.operations
 
-    def normalize_context(self, context: Optional[Mapping] = None, **kwargs) -> MutableMapping:
+    def normalize_context(self, context: Optional[Mapping] = None, **kwargs: Any) -> MutableMapping:
         """
         Return `context` with names replaced by operations and `kwargs` merged into it.
 
@@ -261,8 +253,9 @@ class Graph:
 
     # Evaluation ----------------------------------------------------------------------------------
 
-    def apply(self, fetches, context: Optional[Mapping] = None, *,
-              callback: Optional[Callable] = None, **kwargs) -> Any:
+    def apply(self, fetches: Union[Operation, str, Iterable[Union[Operation, str]]],
+              context: Optional[Mapping] = None, *,
+              callback: Optional[Callable] = None, **kwargs: Any) -> Any:
         """
         Evaluate operations.
 
@@ -298,8 +291,9 @@ class Graph:
             return context[operations[0]]
         return tuple(context[operation] for operation in operations)
 
-    def __call__(self, fetches, context: Optional[Mapping] = None, *,
-                 callback: Optional[Callable] = None, **kwargs) -> Any:
+    def __call__(self, fetches: Union[Operation, str, Iterable[Union[Operation, str]]],
+                 context: Optional[Mapping] = None, *,
+                 callback: Optional[Callable] = None, **kwargs: Any) -> Any:
         """Evaluate operations; the same as :meth:`apply`."""
         return self.apply(fetches, context, callback=callback, **kwargs)
 

@@ -1,20 +1,21 @@
-"""Operations beyond function calls: placeholders, branches, error handling and caching."""
+"""The operations of a graph beyond function calls.
+
+Inputs and values (:class:`placeholder`, :class:`constant`, :func:`identity`,
+:class:`lazy_constant`), control flow that evaluates only what it needs (:class:`conditional`,
+:class:`try_`) and small helpers (:func:`import_`, :func:`assert_`, :func:`str_format`,
+:func:`call`). Caching is in :mod:`pythonflow.caching`; :func:`cache` and :func:`cache_file` are
+importable from here too, where Spotify's Pythonflow defines them.
+"""
 from __future__ import annotations
 
-import hashlib
 import importlib
-import logging
-import os
-import pickle
-import tempfile
 import threading
 from typing import Any, Callable, Generator, Iterable, Mapping, Optional, Union
 
+from .caching import cache, cache_file
 from .core import Operation, _call, func_op
 from .errors import InvalidTypeError
 from .evaluation import resolve_lazily
-
-LOGGER = logging.getLogger(__name__)
 
 __all__ = ["assert_", "cache", "cache_file", "call", "conditional", "constant", "identity",
            "import_", "lazy_constant", "placeholder", "str_format", "try_"]
@@ -37,7 +38,7 @@ class placeholder(Operation):  # noqa: N801 - lower case to match Pythonflow's p
         At evaluation if no value was given; the message names the placeholder.
     """
 
-    def __init__(self, name: Optional[str] = None, **kwargs) -> None:
+    def __init__(self, name: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
 
     def _evaluate(self) -> Any:
@@ -57,7 +58,7 @@ class constant(Operation):  # noqa: N801 - lower case to match Pythonflow's publ
         Keywords of :class:`~pythonflow.Operation`.
     """
 
-    def __init__(self, value: Any, **kwargs) -> None:
+    def __init__(self, value: Any, **kwargs: Any) -> None:
         self.value = value
         super().__init__(**kwargs)
 
@@ -69,7 +70,7 @@ def _identity(value: Any) -> Any:
     return value
 
 
-def identity(value: Any, **kwargs) -> Operation:
+def identity(value: Any, **kwargs: Any) -> Operation:
     """
     Create an operation returning the value of `value`.
 
@@ -106,7 +107,7 @@ class conditional(Operation):  # noqa: N801 - lower case to match Pythonflow's p
 
     _lazy = True
 
-    def __init__(self, predicate: Any, x: Any, y: Any = None, **kwargs) -> None:
+    def __init__(self, predicate: Any, x: Any, y: Any = None, **kwargs: Any) -> None:
         super().__init__(predicate, x, y, **kwargs)
 
     def _evaluate(self, predicate: Any, x: Any, y: Any) -> Generator:
@@ -134,7 +135,7 @@ class try_(Operation):  # noqa: N801 - lower case to match Pythonflow's public A
     _lazy = True
 
     def __init__(self, operation: Operation, except_: Union[Iterable, Mapping, None] = None,
-                 finally_: Optional[Operation] = None, **kwargs) -> None:
+                 finally_: Optional[Operation] = None, **kwargs: Any) -> None:
         except_ = list(except_.items() if isinstance(except_, Mapping) else except_ or ())
         for pair in except_:
             if not (isinstance(pair, tuple) and len(pair) == 2):
@@ -157,137 +158,7 @@ class try_(Operation):  # noqa: N801 - lower case to match Pythonflow's public A
         return value
 
 
-def _default_key(*values) -> Any:
-    # Pythonflow's key: the hash of the argument values, positional then keyword, as one tuple.
-    # Unhashable values (lists, arrays) get a digest of their pickle instead of failing.
-    try:
-        return hash(values)
-    except TypeError:
-        return hashlib.sha256(pickle.dumps(values, protocol=4)).hexdigest()
-
-
-class _Cache(Operation):
-    _lazy = True
-
-    def __init__(self, operation: Operation, get: Callable, put: Callable, key: Any,
-                 **kwargs) -> None:
-        self.get = get
-        self.put = put
-        super().__init__(operation, key, **kwargs)
-
-    def _default_name(self) -> str:
-        return "cache"
-
-    def _evaluate(self, operation: Operation, key: Any) -> Generator:
-        key = yield from resolve_lazily(key)
-        try:
-            value = self.get(key)
-        except (KeyError, FileNotFoundError):
-            LOGGER.debug("cache miss for key %r of %r", key, self)
-        else:
-            return value
-        value = yield from resolve_lazily(operation)
-        self.put(key, value)
-        return value
-
-
-def cache(operation: Operation, get: Callable, put: Callable, key: Any = None,
-          **kwargs) -> Operation:
-    """
-    Cache the value of `operation`: evaluate it only if `get` does not have it.
-
-    Parameters
-    ----------
-    operation : Operation
-        Operation whose value is cached.
-    get : callable
-        ``get(key)`` returns the cached value or raises :class:`KeyError` or
-        :class:`FileNotFoundError` if there is none.
-    put : callable
-        ``put(key, value)`` stores a value.
-    key : Operation or object, optional
-        Key of the value. Defaults, as in Pythonflow, to ``hash(values)`` where `values` is the
-        tuple of the values of the positional then the keyword arguments of `operation`; if
-        they are not hashable, to a SHA-256 digest of their pickle. Give a key if several cached
-        operations share one store, or if the store outlives the process: Python randomises the
-        hashes of strings and bytes in each process unless ``PYTHONHASHSEED`` is set.
-    **kwargs
-        Keywords of :class:`~pythonflow.Operation`.
-
-    Returns
-    -------
-    operation : Operation
-        Operation evaluating to the cached or computed value.
-    """
-    if key is None:
-        key = func_op(_default_key, *operation.args, *operation.kwargs.values(),
-                      graph=operation.graph)
-    return _Cache(operation, get, put, key, graph=operation.graph, **kwargs)
-
-
-class _FileStore:
-    """Picklable `get`/`put` pair storing one file per key."""
-
-    def __init__(self, template: str, load: Callable, dump: Callable) -> None:
-        self.template = template
-        self.load = load
-        self.dump = dump
-
-    def filename(self, key: Any) -> str:
-        if "{" in self.template:
-            return self.template.format(key, key=key)
-        return self.template % key
-
-    def get(self, key: Any) -> Any:
-        with open(self.filename(key), "rb") as fp:
-            return self.load(fp)
-
-    def put(self, key: Any, value: Any) -> None:
-        # Write to a temporary file and rename it so that concurrent readers (other workers)
-        # never see a partially written file.
-        filename = self.filename(key)
-        directory = os.path.dirname(os.path.abspath(filename))
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".pf-cache-")
-        try:
-            with os.fdopen(handle, "wb") as fp:
-                self.dump(value, fp)
-            os.replace(temporary, filename)
-        except BaseException:
-            os.unlink(temporary)
-            raise
-
-
-def cache_file(operation: Operation, filename_template: str, load: Optional[Callable] = None,
-               dump: Optional[Callable] = None, key: Any = None, **kwargs) -> Operation:
-    """
-    Cache the value of `operation` in files.
-
-    Parameters
-    ----------
-    operation : Operation
-        Operation whose value is cached.
-    filename_template : str
-        File name for a key: formatted with ``template.format(key, key=key)`` if it contains
-        ``{``, else with ``template % key``.
-    load : callable, optional
-        ``load(fp)`` reads a value from a binary file; defaults to :func:`pickle.load`.
-    dump : callable, optional
-        ``dump(value, fp)`` writes a value to a binary file; defaults to :func:`pickle.dump`.
-    key : Operation or object, optional
-        Key of the value (see :func:`cache`).
-    **kwargs
-        Keywords of :class:`~pythonflow.Operation`.
-
-    Returns
-    -------
-    operation : Operation
-        Operation evaluating to the cached or computed value.
-    """
-    store = _FileStore(filename_template, load or pickle.load, dump or pickle.dump)
-    return cache(operation, store.get, store.put, key, **kwargs)
-
-
-def import_(module_name: str, **kwargs) -> Operation:
+def import_(module_name: str, **kwargs: Any) -> Operation:
     """
     Create an operation importing a module when it is evaluated.
 
@@ -334,7 +205,7 @@ class lazy_constant(Operation):  # noqa: N801 - lower case to match Pythonflow's
         If `target` is not callable (a TypeError and, as in Pythonflow, a ValueError).
     """
 
-    def __init__(self, target: Callable, **kwargs) -> None:
+    def __init__(self, target: Callable, **kwargs: Any) -> None:
         # Checked before the operation joins the graph, so a bad target leaves no trace there.
         if not callable(target):
             raise InvalidTypeError(f"`target` of lazy_constant must be callable, not "
@@ -361,7 +232,7 @@ class lazy_constant(Operation):  # noqa: N801 - lower case to match Pythonflow's
         return state
 
 
-def _assert(condition: Any, message: Optional[str] = None, *args, value: Any = None) -> Any:
+def _assert(condition: Any, message: Optional[str] = None, *args: Any, value: Any = None) -> Any:
     if not condition:
         if message is None:
             raise AssertionError
@@ -369,8 +240,8 @@ def _assert(condition: Any, message: Optional[str] = None, *args, value: Any = N
     return value
 
 
-def assert_(condition: Any, message: Optional[str] = None, *args, value: Any = None,
-            **kwargs) -> Operation:
+def assert_(condition: Any, message: Optional[str] = None, *args: Any, value: Any = None,
+            **kwargs: Any) -> Operation:
     """
     Create an operation raising :class:`AssertionError` if `condition` is false.
 
@@ -395,11 +266,11 @@ def assert_(condition: Any, message: Optional[str] = None, *args, value: Any = N
     return func_op(_assert, condition, message, *args, value=value, **kwargs)
 
 
-def _str_format(format_string: str, *args, **kwargs) -> str:
+def _str_format(format_string: str, *args: Any, **kwargs: Any) -> str:
     return format_string.format(*args, **kwargs)
 
 
-def str_format(format_string: Any, *args, **kwargs) -> Operation:
+def str_format(format_string: Any, *args: Any, **kwargs: Any) -> Operation:
     """
     Create an operation evaluating ``format_string.format(*args, **kwargs)``.
 
@@ -421,7 +292,7 @@ def str_format(format_string: Any, *args, **kwargs) -> Operation:
     return func_op(_str_format, format_string, *args, **kwargs)
 
 
-def call(func: Any, *args, **kwargs) -> Operation:
+def call(func: Any, *args: Any, **kwargs: Any) -> Operation:
     """
     Create an operation calling `func` with `args` and `kwargs`.
 

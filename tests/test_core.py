@@ -1,4 +1,10 @@
+import ast
+import builtins
+import importlib
+import importlib.resources
+import inspect
 import operator
+import os
 import pickle
 import sys
 import threading
@@ -436,3 +442,220 @@ def test_threads_evaluate_one_graph_concurrently():
     for thread in threads:
         thread.join(10)
     assert results == {start: [start + 200] * 20 for start in range(8)}
+
+
+# The shape of the code: what readers, IDEs and Sphinx see ---------------------------------------
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(pf.__file__))
+CORE_MODULES = ['caching', 'core', 'errors', 'evaluation', 'graph', 'operations', 'scopes', 'util',
+                'wrappers']
+OPERATOR_METHODS = {
+    '__add__', '__sub__', '__mul__', '__truediv__', '__floordiv__', '__mod__', '__divmod__',
+    '__pow__', '__matmul__', '__lshift__', '__rshift__', '__and__', '__xor__', '__or__',
+    '__radd__', '__rsub__', '__rmul__', '__rtruediv__', '__rfloordiv__', '__rmod__',
+    '__rdivmod__', '__rpow__', '__rmatmul__', '__rlshift__', '__rrshift__', '__rand__',
+    '__rxor__', '__ror__', '__lt__', '__le__', '__eq__', '__ne__', '__gt__', '__ge__',
+    '__neg__', '__pos__', '__abs__', '__invert__',
+}
+
+
+def _parse(module):
+    with open(os.path.join(PACKAGE_DIR, f'{module}.py')) as fp:
+        return ast.parse(fp.read())
+
+
+def test_operator_methods_are_defined_in_the_class_body():
+    tree = _parse('core')
+    (operation,) = [node for node in tree.body
+                    if isinstance(node, ast.ClassDef) and node.name == 'Operation']
+    defined = set()
+    for node in operation.body:
+        if isinstance(node, ast.Assign):
+            defined.update(target.id for target in node.targets)
+        elif isinstance(node, ast.FunctionDef):
+            defined.add(node.name)
+    assert OPERATOR_METHODS <= defined
+    calls = [node.func.id for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)]
+    assert 'setattr' not in calls
+    for name in OPERATOR_METHODS:
+        method = vars(pf.Operation)[name]
+        assert method.__name__ == name and method.__qualname__ == f'Operation.{name}'
+        assert method.__doc__.startswith('Return an operation evaluating ``')
+    assert vars(pf.Operation)['__rsub__'].__doc__.endswith('``operator.sub(other, self)``.')
+    assert pf.Operation.__hash__ is object.__hash__
+
+
+def _assigned_names(node):
+    if isinstance(node, ast.Assign):
+        return {target.id for target in node.targets if isinstance(target, ast.Name)}
+    if isinstance(node, (ast.AugAssign, ast.AnnAssign)) and isinstance(node.target, ast.Name):
+        return {node.target.id}
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):  # __all__.extend(...)
+        function = node.value.func
+        if isinstance(function, ast.Attribute) and isinstance(function.value, ast.Name):
+            return {function.value.id}
+    return set()
+
+
+def test_every_module_lists_its_public_names_literally():
+    for module in CORE_MODULES + ['__init__']:
+        tree = _parse(module)
+        assignments = [node for node in tree.body if '__all__' in _assigned_names(node)]
+        assert len(assignments) == 1, module
+        names = ast.literal_eval(assignments[0].value)  # a plain list of strings
+        imported = importlib.import_module('pythonflow' if module == '__init__'
+                                           else f'pythonflow.{module}')
+        assert names == imported.__all__ and len(set(names)) == len(names), module
+        assert all(hasattr(imported, name) for name in names), module
+    exposed = set()
+    for module in ('core', 'operations', 'caching', 'util', 'wrappers'):
+        exposed.update(importlib.import_module(f'pythonflow.{module}').__all__)
+    assert set(pf.__all__) == exposed
+
+
+def test_star_import_gives_the_public_names_and_shadows_no_builtin():
+    namespace = {}
+    exec('from pythonflow import *', namespace)  # noqa: S102 - the behaviour under test
+    del namespace['__builtins__']
+    assert set(namespace) == set(pf.__all__)
+    assert not set(namespace) & set(dir(builtins))
+    assert namespace['len_'] is pf.len_ and namespace['cache_file'] is pf.cache_file
+    # Where Spotify's Pythonflow defines them, too.
+    from pythonflow.operations import cache, cache_file
+    assert (cache, cache_file) == (pf.cache, pf.cache_file)
+
+
+def _package_imports(module):
+    # Names imported from other modules of the package when the module runs (imports only for
+    # type checkers, under `if TYPE_CHECKING:`, do not run and are left out).
+    imports = {}
+    for node in _parse(module).body:
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module is None:
+                for alias in node.names:
+                    imports.setdefault(alias.name, set())
+            else:
+                imports.setdefault(node.module, set()).update(a.name for a in node.names)
+    return imports
+
+
+def test_core_modules_import_each_other_one_way():
+    graph = {module: _package_imports(module) for module in CORE_MODULES}
+    assert graph['scopes'] == {} and graph['errors'] == {}
+    assert 'core' not in graph['graph']
+    for module, imports in graph.items():
+        for imported in ('graph', 'scopes'):  # no reaching into their private state
+            assert imports.get(imported, set()) <= set(
+                importlib.import_module(f'pythonflow.{imported}').__all__), module
+    done, visiting = set(), []
+
+    def visit(module):
+        assert module not in visiting, f"import cycle: {visiting + [module]}"
+        if module not in done:
+            visiting.append(module)
+            for imported in graph[module]:
+                visit(imported)
+            visiting.pop()
+            done.add(module)
+
+    for module in graph:
+        visit(module)
+
+
+def test_public_signatures_have_type_hints_and_docstrings():
+    missing = []
+
+    def check(function, label, follow_wrapped=False):
+        # Wrappers of builtins are checked themselves, not the builtins they carry; the methods
+        # made by decorators such as `contextlib.contextmanager`, as the function decorated.
+        signature = inspect.signature(function, follow_wrapped=follow_wrapped)
+        for parameter in signature.parameters.values():
+            if parameter.name != 'self' and parameter.annotation is inspect.Parameter.empty:
+                missing.append(f'{label}: {parameter.name}')
+        if signature.return_annotation is inspect.Signature.empty:
+            missing.append(f'{label}: return')
+
+    for module_name in CORE_MODULES:
+        module = importlib.import_module(f'pythonflow.{module_name}')
+        assert module.__doc__.strip(), module_name
+        for name in module.__all__:
+            value = getattr(module, name)
+            if getattr(value, '__module__', None) != module.__name__:
+                continue  # documented where it is defined
+            assert (value.__doc__ or '').strip(), f'{module_name}.{name}'
+            if not inspect.isclass(value):
+                check(value, f'{module_name}.{name}')
+                continue
+            for attribute, member in vars(value).items():
+                public = not attribute.startswith('_')
+                if isinstance(member, staticmethod):
+                    member = member.__func__
+                if inspect.isfunction(member) and (public or attribute.startswith('__')):
+                    check(member, f'{module_name}.{name}.{attribute}', follow_wrapped=True)
+                if public and (inspect.isfunction(member) or isinstance(member, property)):
+                    assert (member.__doc__ or '').strip(), f'{module_name}.{name}.{attribute}'
+    assert missing == []
+
+
+def test_package_declares_its_type_hints():
+    # PEP 561: the marker tells type checkers to use the hints of the installed package.
+    assert importlib.resources.files('pythonflow').joinpath('py.typed').is_file()
+    with open(os.path.join(os.path.dirname(PACKAGE_DIR), 'setup.py')) as fp:
+        assert '"pythonflow": ["py.typed"]' in fp.read()
+
+
+def _triple(value):
+    return value * 3
+
+
+def test_every_kind_of_operation_pickles(tmp_path):
+    store = {}
+    with pf.Graph() as graph:
+        x = pf.placeholder('x')
+        check = pf.assert_(x > 0, 'x must be positive')
+        with pf.control_dependencies([check]):
+            parts = [
+                pf.constant(2) * x, pf.identity([x, {'k': x}]), pf.conditional(x > 1, x, -x),
+                pf.try_(1 / (x - 1), [(ZeroDivisionError, 'none')]),
+                pf.cache(pf.func_op(_triple, x), store.__getitem__, store.__setitem__),
+                pf.cache_file(pf.func_op(_triple, x), str(tmp_path / 'x-%s.pkl')),
+                pf.lazy_constant(dict), _decorated_square(x), pf.len_(pf.str_(x)),
+                pf.getitem([x], 0), pf.import_('math').sqrt(x), pf.str_format('{}!', x),
+                pf.call(max, x, 0), reversed(pf.list_(pf.range_(x))),
+            ]
+        whole = pf.func_op(list, parts[:-1] + [pf.list_(parts[-1])], name='parts')
+    expected = [2, [1, {'k': 1}], -1, 'none', 3, 3, {}, 1, 1, 1, 1.0, '1!', 1, [0]]
+    assert graph('parts', x=1) == expected
+    restored = pickle.loads(pickle.dumps(graph))
+    assert restored('parts', x=1) == expected
+    copies = [restored[part.name] for part in parts]
+    assert all(copy.dependencies == [restored[check.name]] for copy in copies)
+    assert restored['parts'] is not whole and restored['parts'].graph is restored
+    with pytest.raises(AssertionError, match='x must be positive'):
+        restored('parts', x=-1)
+
+
+def test_control_dependencies_are_per_thread():
+    entered, created = threading.Event(), threading.Event()
+    with pf.Graph() as graph:
+        marker = pf.constant('marker')
+    made = {}
+
+    def build_elsewhere():
+        assert entered.wait(10)
+        with graph:
+            made['other'] = pf.constant('other')
+        created.set()
+
+    thread = threading.Thread(target=build_elsewhere)
+    thread.start()
+    try:
+        with graph, pf.control_dependencies([marker]):
+            entered.set()
+            assert created.wait(10)
+            made['here'] = pf.constant('here')
+    finally:
+        thread.join(10)
+    assert made['here'].dependencies == [marker]
+    assert made['other'].dependencies == []

@@ -1,10 +1,15 @@
-import builtins
+import ast
 import operator
+import os
 import pickle
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 import pythonflow as pf
+from pythonflow import wrappers
 
 
 class Counter:
@@ -144,6 +149,92 @@ def test_cache_file(tmp_path):
     assert restored(cached.name, x=3) == (3,)
 
 
+class FileCalls:
+    """`load` and `dump` for cache_file that open the file names they are given themselves and
+    record them; `dump` also checks that nothing is in place under the final name yet."""
+
+    def __init__(self, final):
+        self.final = final
+        self.loaded, self.dumped = [], []
+
+    def load(self, filename):
+        self.loaded.append(filename)
+        with open(filename) as fp:
+            return int(fp.read())
+
+    def dump(self, value, filename):
+        self.dumped.append(filename)
+        assert not os.path.exists(self.final)  # readers never see a partial file
+        with open(filename, 'w') as fp:
+            fp.write(str(value))
+
+
+def test_cache_file_gives_load_and_dump_file_names(tmp_path):
+    final = tmp_path / 'value-7.txt'
+    calls = FileCalls(str(final))
+    compute = Counter(21)
+    with pf.Graph() as graph:
+        x = pf.placeholder('x')
+        cached = pf.cache_file(pf.func_op(compute, x), str(tmp_path / 'value-%s.txt'),
+                               load=calls.load, dump=calls.dump, key=x)
+    assert graph(cached, x=7) == 21
+    (dumped,) = calls.dumped
+    assert isinstance(dumped, str)
+    # Written under the file's own name in a private directory, then moved into place.
+    assert os.path.basename(dumped) == final.name and dumped != str(final)
+    assert os.path.dirname(os.path.dirname(dumped)) == str(tmp_path)
+    assert final.read_text() == '21'
+    assert graph(cached, x=7) == 21 and compute.calls == 1
+    assert calls.loaded == [str(final), str(final)]  # a miss, then a hit
+    assert sorted(os.listdir(tmp_path)) == [final.name]
+
+
+def _save_array(value, filename):
+    # numpy.save takes the file first; cache_file's `dump` takes the value first, like pickle.dump.
+    np.save(filename, value)
+
+
+def test_cache_file_with_numpy_save_and_load(tmp_path):
+    compute = Counter()
+    with pf.Graph() as graph:
+        x = pf.placeholder('x')
+        array = pf.func_op(np.arange, x)
+        counted = pf.func_op(compute, array)[0]
+        cached = pf.cache_file(counted, str(tmp_path / 'range-{}.npy'), load=np.load,
+                               dump=_save_array, key=x)
+    np.testing.assert_array_equal(graph(cached, x=4), np.arange(4))
+    np.testing.assert_array_equal(np.load(tmp_path / 'range-4.npy'), np.arange(4))
+    np.testing.assert_array_equal(graph(cached, x=4), np.arange(4))
+    assert compute.calls == 1
+    assert sorted(os.listdir(tmp_path)) == ['range-4.npy']
+
+
+def test_cache_file_dump_writing_another_name_is_a_clear_error(tmp_path):
+    with pf.Graph() as graph:
+        x = pf.placeholder('x')
+        # numpy.save adds '.npy' to a name without it, so the file would never be found.
+        cached = pf.cache_file(pf.func_op(np.ones, x), str(tmp_path / 'ones-%s'),
+                               load=np.load, dump=_save_array, key=x)
+    with pytest.raises(ValueError, match=r"must write `filename` \('ones-2'\).*'ones-2.npy'"
+                                         r".*end the file name template with '.npy'"):
+        graph(cached, x=2)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cache_file_failing_dump_leaves_no_file(tmp_path):
+    def broken_dump(value, filename):
+        with open(filename, 'w') as fp:
+            fp.write('partial')
+        raise OSError('disk full')
+
+    with pf.Graph() as graph:
+        cached = pf.cache_file(pf.constant(1), str(tmp_path / 'one-%s'), dump=broken_dump,
+                               key='k')
+    with pytest.raises(OSError, match='disk full'):
+        graph(cached)
+    assert os.listdir(tmp_path) == []
+
+
 def test_control_dependencies_run_first_and_can_fail():
     order = []
 
@@ -209,21 +300,65 @@ def test_lazy_constant_is_called_once_and_lazily():
     assert target.calls == 1
 
 
-def test_every_builtin_has_a_wrapper():
-    for name, value in vars(builtins).items():
-        if name.startswith('_') or not callable(value) or name in {
-                'copyright', 'credits', 'exit', 'help', 'license', 'quit'}:
-            continue
-        if isinstance(value, type) and issubclass(value, BaseException):
-            continue
-        assert callable(getattr(pf, name + '_')), name
-        assert getattr(pf, name + '_').__doc__
+# Pythonflow's wrappers of builtins and of the operator module: the contract is this exact set,
+# whatever the running Python offers.
+PYTHONFLOW_BUILTINS = {
+    'abs', 'all', 'any', 'ascii', 'bin', 'bool', 'bytearray', 'bytes', 'callable', 'chr',
+    'classmethod', 'compile', 'complex', 'delattr', 'dict', 'dir', 'divmod', 'enumerate', 'eval',
+    'exec', 'filter', 'float', 'format', 'frozenset', 'getattr', 'globals', 'hasattr', 'hash',
+    'help', 'hex', 'id', 'input', 'int', 'isinstance', 'issubclass', 'iter', 'len', 'list',
+    'locals', 'map', 'max', 'memoryview', 'min', 'next', 'object', 'oct', 'open', 'ord', 'pow',
+    'print', 'property', 'range', 'repr', 'reversed', 'round', 'set', 'setattr', 'slice', 'sorted',
+    'staticmethod', 'str', 'sum', 'super', 'tuple', 'type', 'vars', 'zip',
+}
+PYTHONFLOW_OPERATORS = {
+    'add', 'and_', 'attrgetter', 'concat', 'contains', 'countOf', 'delitem', 'eq', 'floordiv',
+    'ge', 'getitem', 'gt', 'index', 'indexOf', 'inv', 'invert', 'ior', 'ipow', 'irshift', 'is_',
+    'is_not', 'itemgetter', 'le', 'length_hint', 'lshift', 'lt', 'matmul', 'methodcaller', 'mod',
+    'mul', 'ne', 'neg', 'not_', 'or_', 'pos', 'rshift', 'setitem', 'sub', 'truediv', 'truth',
+    'xor',
+}
+WRAPPERS = {name + '_' for name in PYTHONFLOW_BUILTINS} | PYTHONFLOW_OPERATORS
 
 
-def test_every_operator_function_has_a_wrapper():
-    for name in operator.__all__:
-        assert callable(getattr(pf, name)), name
-    assert 'abs' not in pf.__all__ and 'abs_' in pf.__all__ and 'getitem' in pf.__all__
+def test_wrappers_are_exactly_those_of_pythonflow():
+    defined = {name for name, value in vars(wrappers).items() if not name.startswith('_')
+               and getattr(value, '__module__', None) == wrappers.__name__}
+    assert defined == WRAPPERS
+    assert set(wrappers.__all__) == WRAPPERS and len(wrappers.__all__) == len(WRAPPERS)
+    assert WRAPPERS <= set(pf.__all__)
+    for name in ('breakpoint_', 'aiter_', 'anext_', 'abs', 'pow', 'iadd', 'imul', 'call'):
+        assert name not in wrappers.__all__ and not hasattr(wrappers, name), name
+
+
+def test_wrappers_are_written_out_one_definition_each():
+    # Each wrapper is a plain module-level assignment that readers, IDEs and Sphinx can see,
+    # not something made by a loop over the running interpreter's builtins.
+    with open(wrappers.__file__) as fp:
+        tree = ast.parse(fp.read())
+    assigned = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            (target,) = node.targets
+            assigned[target.id] = ast.unparse(node.value)
+    assert set(assigned) >= WRAPPERS
+    for name in PYTHONFLOW_BUILTINS - {'help'}:
+        assert assigned[name + '_'] == f'_builtin(builtins.{name})'
+    for name in PYTHONFLOW_OPERATORS:
+        assert assigned[name] == f'_operator(operator.{name})'
+    assert not [node for node in ast.walk(tree) if isinstance(node, (ast.For, ast.While))]
+
+
+@pytest.mark.parametrize('name', sorted(WRAPPERS))
+def test_each_wrapper_is_named_documented_and_pickles(name):
+    wrapper = getattr(pf, name)
+    assert wrapper.__name__ == wrapper.__qualname__ == name
+    assert wrapper.__module__ == 'pythonflow.wrappers'
+    source = f"builtins.{name[:-1]}" if name[:-1] in PYTHONFLOW_BUILTINS else f"operator.{name}"
+    assert f'``{source}(*args, **kwargs)``' in wrapper.__doc__
+    assert pickle.loads(pickle.dumps(wrapper)) is wrapper
+    with pf.Graph():
+        assert isinstance(wrapper(1), pf.func_op)
 
 
 def test_builtin_and_operator_wrappers_evaluate():
@@ -235,9 +370,27 @@ def test_builtin_and_operator_wrappers_evaluate():
                pf.dict_(pf.enumerate_(items)), pf.any_(items), pf.all_(items),
                pf.abs_(-3), pf.str_(1), pf.int_('4'), pf.float_('2.5'),
                pf.getattr_(items, 'count')(1), pf.isinstance_(items, list),
-               pf.add(items, [9]), pf.getitem(items, 0), pf.mul(2, 3), pf.abs(-2)]
+               pf.add(items, [9]), pf.getitem(items, 0), pf.mul(2, 3), pf.pow_(2, 3),
+               pf.inv(0), pf.not_(items), pf.countOf(items, 3)]
     values = graph(ops, items=[1, 3, 2])
     assert values == (3, 6, 3, 1, [3, 2, 1], ['1', '3', '2'], ((1, 1), (3, 3), (2, 2)),
                       [0, 1, 2], {0: 1, 1: 3, 2: 2}, True, True, 3, '1', 4, 2.5, 1, True,
-                      [1, 3, 2, 9], 1, 6, 2)
+                      [1, 3, 2, 9], 1, 6, 8, -1, False, 1)
     assert ops[0].name.startswith('len_')
+
+
+def test_help_wrapper_prints_help(capsys):
+    with pf.Graph() as graph:
+        shown = pf.help_(pf.constant(len))
+    assert graph(shown) is None
+    assert 'len(obj, /)' in capsys.readouterr().out
+
+
+def test_wrappers_import_without_the_site_module():
+    # `python -S` has no `builtins.help`; `help_` must not depend on it to import.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, '-S', '-c', 'import pythonflow as pf; print(pf.help_.__name__)'],
+        capture_output=True, text=True, timeout=60, env={**os.environ, 'PYTHONPATH': root})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == 'help_'
