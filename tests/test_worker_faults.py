@@ -250,7 +250,7 @@ def locks_reachable_from(worker):
     lock_types = (type(threading.Lock()), type(threading.RLock()), threading.Condition)
     found, objects = [], [worker]
     for obj in objects:
-        for value in vars(obj).values():
+        for value in getattr(obj, "__dict__", {}).values():
             if isinstance(value, lock_types):
                 found.append(value)
             elif type(value).__module__.startswith("pythonflow.pfmq") and value not in objects:
@@ -308,13 +308,14 @@ def test_signal_before_the_worker_starts_stops_its_run(broker):
 
 
 def test_worker_reconnects_after_liveness_silent_heartbeats(fake_broker):
-    interval, liveness = 0.05, 4
+    interval, liveness = 0.1, 4
     worker = pfmq.Worker(lambda r: r, fake_broker.address, heartbeat_interval=interval,
                          heartbeat_liveness=liveness, timeout=30)
     with serving_in_a_thread(worker):
         first, _, _ = fake_broker.receive(Kind.READY)
-        fake_broker.pump(3 * liveness * interval)  # pings answered: no reconnection
+        fake_broker.pump(2.5 * liveness * interval)  # pings answered: no reconnection
         assert worker.routing_id == first
+        assert [entry[2] for entry in fake_broker.log].count(Kind.READY) == 1
         fake_broker.answer_pings = False
         silent_since = time.monotonic()
         bye = fake_broker.receive(Kind.BYE, timeout=10)
@@ -322,10 +323,8 @@ def test_worker_reconnects_after_liveness_silent_heartbeats(fake_broker):
         waited = time.monotonic() - silent_since
         assert bye[0] == first and second != first and worker.routing_id == second
         # The last answer came up to one interval before the silence began.
-        assert (liveness - 1) * interval * 0.9 < waited < 5
+        assert (liveness - 1) * interval * 0.9 < waited < 10
         fake_broker.answer_pings = True
         pings_for = fake_broker.receive(Kind.PING)[2][0]
         while pings_for != second:  # a ping sent before the reconnection may still come in
             pings_for = fake_broker.receive(Kind.PING)[2][0]
-    readies = [entry for entry in fake_broker.log if entry[2] is Kind.READY]
-    assert len(readies) == 2

@@ -1,15 +1,13 @@
-"""A worker's two connections to its broker, and the latch that stops it.
+"""A worker's two connections to its broker.
 
 * :class:`Session`: one stint on the work connection, from sign-up (``READY``) to goodbye
   (``BYE``), owned by the thread that serves.
 * :class:`Heartbeat`: the heartbeat connection, owned by the heartbeat thread, which pings on
   behalf of the session, adopts the broker's limits and judges its silence.
-* :class:`StopLatch`: stop requests any thread or signal handler can make without a lock.
 """
 import collections
 import enum
 import logging
-import os
 import time
 
 import zmq
@@ -30,45 +28,6 @@ class Renewal(enum.IntEnum):
     RECONNECT = 2  # the broker has been silent for heartbeat_liveness intervals
 
 
-class StopLatch:
-    """Stop requests that any thread, or a signal handler, can make without taking a lock.
-
-    A request is a byte written to a pipe whose reading end the worker's threads poll: the
-    generation of the run to stop, or :data:`ANY` for whichever run is current or comes next.
-    """
-
-    ANY = 255
-
-    def __init__(self):
-        self._reader, self._writer = os.pipe()
-        os.set_blocking(self._reader, False)
-        os.set_blocking(self._writer, False)
-
-    def fileno(self) -> int:
-        """The descriptor to poll for reading."""
-        return self._reader
-
-    def request(self, generation: int) -> None:
-        """Ask the run ``generation`` (or :data:`ANY`) to stop; safe in a signal handler."""
-        try:
-            os.write(self._writer, bytes([generation]))
-        except OSError:  # full: requests are already waiting, which is as good
-            pass
-
-    def take(self, generation: int) -> bool:
-        """Consume the waiting requests; whether one of them is for ``generation``."""
-        found = False
-        try:
-            while True:
-                data = os.read(self._reader, 512)
-                if not data:
-                    break
-                found = found or generation in data or self.ANY in data
-        except BlockingIOError:
-            pass
-        return found
-
-
 class Session:
     """One stint on the work connection, from sign-up (``READY``) to goodbye (``BYE``).
 
@@ -83,7 +42,7 @@ class Session:
         self.routing_id = protocol.new_id()
         self.sock = dealer(worker.context, worker.address, self.routing_id, worker.curve)
         self.poller = zmq.Poller()
-        for pollable in (self.sock, worker._wakeup, worker._stop_latch):
+        for pollable in (self.sock, worker._wakeup, worker._life.latch):
             self.poller.register(pollable, zmq.POLLIN)
         self.jobs = collections.deque()  # received, not yet started
         self.signed_up_at = 0.0
@@ -160,9 +119,13 @@ class Heartbeat:
         worker = self.worker
         return dealer(worker.context, worker.address, protocol.new_id(), worker.curve)
 
-    def close(self) -> None:
-        """Close the heartbeat connection."""
-        self.sock.close(linger=0)
+    def run(self) -> None:
+        """Beat until the worker has left, its grace for leaving has run out, or it gave up."""
+        try:
+            while not self.gave_up and not self.worker._life.done_heart_beating():
+                self.step()
+        finally:
+            self.sock.close(linger=0)
 
     def step(self) -> None:
         """Ping when due, wait for an answer or a wake-up, and judge the broker's silence."""
@@ -179,10 +142,11 @@ class Heartbeat:
                     Kind.PING, self.ping, worker._interval_ms, body=[session.routing_id]))
                 self.next_ping = now + worker._ping_interval
             wait = min(self.next_ping, self.last_counted + worker.timeout) - now
-        readable = zmq.select([self.sock, worker._heartbeat_wakeup, worker._stop_latch], [], [],
+        latch = worker._life.latch
+        readable = zmq.select([self.sock, worker._heartbeat_wakeup, latch], [], [],
                               max(0.0, wait))[0]
         worker._heartbeat_wakeup.clear_if_woken(readable)
-        if worker._stop_latch.fileno() in readable:
+        if latch.fileno() in readable:
             worker._check_stop_requests()
         self._read(session)
         if session is not None:
@@ -227,6 +191,6 @@ class Heartbeat:
                            worker.timeout, key_hint(worker.key))
             if worker.num_retries is not None and self.silent_timeouts >= worker.num_retries:
                 self.gave_up = True
-                worker._begin_cancel(TimeoutError(
+                worker._life.begin_cancel(worker.timeout, TimeoutError(
                     f"no answer from the broker at {worker.address} for "
                     f"{worker.timeout * self.silent_timeouts:.1f} s{key_hint(worker.key)}"))

@@ -14,28 +14,19 @@ runs, and notices a broker that restarted (it signs up again), went silent for
 ``heartbeat_liveness`` intervals (it reconnects, as the broker presumes a silent worker dead after
 as many intervals) or for ``num_retries`` timeouts (it gives up).
 
-Life cycle (:class:`State`)::
-
-    STOPPED --run_async(), with worker:--> BACKGROUND --process_requests()--> HANDOVER
-    HANDOVER --the request being evaluated is delivered--> FOREGROUND
-    STOPPED --run()--> FOREGROUND
-    BACKGROUND, HANDOVER, FOREGROUND --cancel(), a signal, giving up--> CANCELLING
-    CANCELLING --the worker has left the broker--> STOPPED  (and may be started again)
-
-So both styles of Pythonflow work: ``worker.run_async()`` alone serves in a background thread
+Both styles of Pythonflow work: ``worker.run_async()`` alone serves in a background thread
 (Pythonflow 0.3), and ``with worker: worker.process_requests()`` (Pythonflow's ``prefetch``
 design) serves in the calling thread, which takes the connection and the jobs held over from the
-background thread as soon as that thread has delivered what it was evaluating.
+background thread as soon as that thread has delivered what it was evaluating. The states of a
+worker and their transitions are described in :mod:`pythonflow.pfmq.lifecycle`.
 
 On :meth:`Worker.cancel` the request being evaluated is finished and delivered (heartbeats go on
 meanwhile, for up to ``timeout`` seconds), the jobs not yet started go back to the broker, and
 the worker says goodbye. :meth:`Worker.handle_signal` does the same from a signal handler: it
 takes no lock and does not log, so it cannot deadlock with the thread it interrupts.
 """
-import enum
 import logging
 import threading
-import time
 from typing import Any, Callable, Optional
 
 import zmq
@@ -50,27 +41,15 @@ from .common import (
     check_address,
     resolve_key,
 )
-from .connections import Heartbeat, Renewal, Session, StopLatch
+from .connections import Heartbeat, Renewal, Session
 from .jobs import Evaluator, GraphTarget, seed_generators
+from .lifecycle import Lifecycle, State
 from .serialization import make_serializer
 
 __all__ = ["Worker", "GraphTarget", "State", "seed_generators"]
 
 LOGGER = logging.getLogger(__name__)
 _UNSET = object()
-
-
-class State(enum.Enum):
-    """Where a :class:`Worker` is in its life (see the module docstring)."""
-
-    STOPPED = "stopped"  # not serving: new, or left the broker
-    BACKGROUND = "background"  # the worker's own thread serves
-    HANDOVER = "handover"  # process_requests() waits for the background thread to hand over
-    FOREGROUND = "foreground"  # the thread in process_requests() or run() serves
-    CANCELLING = "cancelling"  # finishing the request being evaluated, then leaving
-
-
-_SERVING = (State.BACKGROUND, State.HANDOVER, State.FOREGROUND)
 
 
 class Worker(Service):
@@ -115,13 +94,6 @@ class Worker(Service):
     context : zmq.Context, optional
         Defaults to the process-wide instance.
 
-    Attributes
-    ----------
-    error : BaseException or None
-        Why the last run ended other than by :meth:`cancel` (a ``TimeoutError`` when the broker
-        stayed silent); reset when the worker starts again.
-    executed : int
-        Requests evaluated so far.
     """
 
     def __init__(self, target: Optional[Callable[[Any], Any]], address: Optional[str],
@@ -152,24 +124,18 @@ class Worker(Service):
         self.max_message_size = max_message_size
         self.context = context or zmq.Context.instance()
         self.routing_id: Optional[bytes] = None  # of the work connection, while signed up
-        self.error: Optional[BaseException] = None
         self._wire = protocol.Wire(self.key)
         self._log = RateLimitedLogger(LOGGER)
         self._evaluator = Evaluator(self.serializer, self._wire)
-        self._lock = threading.Condition()  # guards the state; never taken by handle_signal
-        self._state = State.STOPPED
-        self._generation = 0  # of the current run, so that a late cancel misses the next run
-        self._server: Optional[threading.Thread] = None  # the serving thread
-        self._claimant: Optional[threading.Thread] = None  # waits in process_requests
-        self._renewal = Renewal.NONE
-        self._cancel_deadline = 0.0
+        self._wakeup = Wakeup()  # wakes the serving thread
+        self._heartbeat_wakeup = Wakeup()  # wakes the heartbeat thread
+        self._life = Lifecycle(self._wake)
+        self._renewal = Renewal.NONE  # guarded by the lock below
+        self._renewal_lock = threading.Lock()
         self._session: Optional[Session] = None
         self._running = None  # the job being evaluated
         self._heartbeat_thread: Optional[threading.Thread] = None
         self._thread: Optional[threading.Thread] = None  # the background serving thread
-        self._wakeup = Wakeup()  # wakes the serving thread
-        self._heartbeat_wakeup = Wakeup()  # wakes the heartbeat thread
-        self._stop_latch = StopLatch()
         if start:
             self.run_async()
 
@@ -201,13 +167,19 @@ class Worker(Service):
 
     @property
     def state(self) -> State:
-        """Where the worker is in its life."""
-        return self._state
+        """Where the worker is in its life (see :mod:`pythonflow.pfmq.lifecycle`)."""
+        return self._life.state
 
     @property
     def is_alive(self) -> bool:
         """Whether the worker serves (or is finishing, after :meth:`cancel`)."""
-        return self._state is not State.STOPPED
+        return self._life.state is not State.STOPPED
+
+    @property
+    def error(self) -> Optional[BaseException]:
+        """Why the last run ended other than by :meth:`cancel` (a ``TimeoutError`` when the
+        broker stayed silent), or ``None``; reset when the worker starts again."""
+        return self._life.error
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -250,50 +222,18 @@ class Worker(Service):
             until cancelled, so an end for any other reason is an error).
         """
         me = threading.current_thread()
-        serving = False
         try:
-            with self._lock:
-                self._claim(me)
-                while self._state is State.HANDOVER:
-                    self._lock.wait()
-                took_over = self._server is me
-            if took_over:
-                serving = True
-                self._serve()
-        except BaseException:
-            if not serving:
-                self._release_claim(me)
+            took_over = self._life.claim(me)
+        except RuntimeError:  # refused: nothing changed
             raise
+        except BaseException:
+            if self._life.server is me:  # handed over to us, but we are interrupted (Ctrl-C)
+                self._leave_and_finish(self._session)
+            raise
+        if took_over:
+            self._serve()
         if self.error is not None:
             raise self.error
-
-    def _claim(self, me: threading.Thread) -> None:
-        """Ask the background thread to hand over to ``me`` (the lock is held)."""
-        if self._state is State.STOPPED:
-            reason = f" (it gave up: {self.error})" if self.error else ""
-            raise RuntimeError(f"the worker is not running{reason}; start the worker first: "
-                               "with worker: worker.process_requests()") from self.error
-        if self._state in (State.HANDOVER, State.FOREGROUND) or me is self._server:
-            holder = self._claimant if self._state is State.HANDOVER else self._server
-            raise RuntimeError(f"the worker already serves in thread {holder.name!r}")
-        if self._state is State.BACKGROUND:
-            self._state, self._claimant = State.HANDOVER, me
-            self._wakeup.set()
-
-    def _release_claim(self, me: threading.Thread) -> None:
-        """Undo :meth:`_claim` for a caller interrupted (by Ctrl-C, say) before it served."""
-        abandoned = None
-        with self._lock:
-            if self._state is State.HANDOVER and self._claimant is me:
-                self._state, self._claimant = State.BACKGROUND, None  # it serves on
-                self._lock.notify_all()
-            elif self._state is State.FOREGROUND and self._server is me:
-                abandoned = self._session  # handed over to us, but we are leaving
-        if abandoned is not None:
-            try:
-                abandoned.leave()
-            finally:
-                self._finish()
 
     def cancel(self, timeout: Optional[float] = None) -> None:
         """Stop: finish the request being evaluated, hand the others back to the broker, leave.
@@ -302,15 +242,14 @@ class Worker(Service):
         worker to leave; ``cancel(timeout=0)`` only asks and takes no lock, so it may be called
         from a signal handler. A worker that is not running is left alone.
         """
-        if self._state is State.STOPPED:
+        life = self._life
+        if life.state is State.STOPPED:
             return
-        self._stop_latch.request(self._generation)
-        if timeout == 0 or threading.current_thread() is self._server:
+        life.request_stop()
+        if timeout == 0 or threading.current_thread() is life.server:
             return  # the serving thread leaves when it gets back to its loop
         limit = self.timeout if timeout is None else min(timeout, self.timeout)
-        with self._lock:
-            self._lock.wait_for(lambda: self._state is State.STOPPED, limit)
-        if self._state is State.STOPPED:
+        if life.wait_stopped(limit):
             for thread in (self._thread, self._heartbeat_thread):
                 if thread is not None and thread is not threading.current_thread():
                     thread.join(limit)  # they end as soon as they see the worker stopped
@@ -319,61 +258,47 @@ class Worker(Service):
         """A signal handler that cancels the worker.
 
         Install it with ``signal.signal(signal.SIGTERM, worker.handle_signal)``. It only writes
-        a byte to a pipe: no lock, no logging, no waiting, so it cannot deadlock with the code it
-        interrupts. The request being evaluated is finished and delivered. A signal received
+        a byte to a socket: no lock, no logging, no waiting, so it cannot deadlock with the code
+        it interrupts. The request being evaluated is finished and delivered. A signal received
         while the worker is not running stops its next run as soon as it starts.
         """
-        running = self._state is not State.STOPPED
-        self._stop_latch.request(self._generation if running else StopLatch.ANY)
+        self._life.request_stop(next_run=True)
 
     def _start(self, state: State) -> None:
         if not callable(self.target):
             raise TypeError(f"the worker needs a callable target, not {self.target!r}")
         check_address(self.address)
-        with self._lock:
-            if self._state is not State.STOPPED:
-                raise RuntimeError("the worker is already running")
-            previous = self._heartbeat_thread
-        if previous is not None:
-            previous.join()  # the last run's; it ended, or ends, as soon as that run stopped
-        with self._lock:
-            if self._state is not State.STOPPED:
-                raise RuntimeError("the worker is already running")
-            self._generation = self._generation % (StopLatch.ANY - 1) + 1
-            self.error = None
-            self._renewal = Renewal.NONE
-            self._state = state
-            self._server = threading.current_thread() if state is State.FOREGROUND else None
-            self._heartbeat_thread = threading.Thread(
-                target=self._heartbeat, name="pfmq-worker-heartbeat", daemon=True)
-            self._heartbeat_thread.start()
-            if state is State.BACKGROUND:
-                self._thread = self._server = threading.Thread(
-                    target=self._serve_in_background, name="pfmq-worker", daemon=True)
-                self._thread.start()
+        if self.is_alive:
+            raise RuntimeError("the worker is already running")
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join()  # the last run's: it ends as soon as that run stopped
+        background = threading.Thread(target=self._serve_in_background, name="pfmq-worker",
+                                      daemon=True)
+        server = background if state is State.BACKGROUND else threading.current_thread()
+        self._life.start(state, server)
+        self._renewal = Renewal.NONE
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat,
+                                                  name="pfmq-worker-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+        if state is State.BACKGROUND:
+            self._thread = background
+            background.start()
 
-    def _begin_cancel(self, error: Optional[BaseException] = None) -> None:
-        """Move a serving worker to CANCELLING (``error`` says why, if not asked to)."""
-        with self._lock:
-            if self._state in _SERVING:
-                self._state = State.CANCELLING
-                self._cancel_deadline = time.monotonic() + self.timeout
-                self.error = error
-                self._lock.notify_all()
+    def _wake(self) -> None:
         self._wakeup.set()
         self._heartbeat_wakeup.set()
 
     def _check_stop_requests(self) -> None:
-        if self._stop_latch.take(self._generation):
-            self._begin_cancel()
+        if self._life.stop_requested():
+            self._life.begin_cancel(self.timeout)
 
-    def _finish(self) -> None:
-        with self._lock:
+    def _leave_and_finish(self, session: Optional[Session], interrupted=None) -> None:
+        try:
+            if session is not None:
+                session.leave(interrupted)
+        finally:
             self._session = self.routing_id = None
-            self._state = State.STOPPED
-            self._server = self._claimant = None
-            self._lock.notify_all()
-        self._heartbeat_wakeup.set()
+            self._life.finish()
 
     # -- serving (the serving thread) ------------------------------------------------------------
 
@@ -392,9 +317,9 @@ class Worker(Service):
             if session is None:
                 session = self._session = self._open_session()
             while True:
-                state = self._state
+                state = self._life.state
                 if state is State.HANDOVER:
-                    if self._hand_over():
+                    if self._life.hand_over():
                         return  # the claimant serves on with this session
                     continue  # the claimant changed its mind, or the worker was cancelled
                 if state not in (State.BACKGROUND, State.FOREGROUND):
@@ -411,30 +336,15 @@ class Worker(Service):
                 else:
                     events = dict(session.poller.poll(self._interval_ms))
                     self._wakeup.clear_if_woken(events)
-                    if self._stop_latch.fileno() in events:
+                    if self._life.latch.fileno() in events:
                         self._check_stop_requests()
         except BaseException as exc:
-            if threading.current_thread() is self._thread and self.error is None:
-                self.error = exc
+            if threading.current_thread() is self._thread and self._life.error is None:
+                self._life.error = exc
             interrupted, self._running = self._running, None
             self._leave_and_finish(self._session, interrupted)
             raise
         self._leave_and_finish(session)
-
-    def _leave_and_finish(self, session: Optional[Session], interrupted=None) -> None:
-        try:
-            if session is not None:
-                session.leave(interrupted)
-        finally:
-            self._finish()
-
-    def _hand_over(self) -> bool:
-        with self._lock:
-            if self._state is not State.HANDOVER:
-                return False
-            self._state, self._server, self._claimant = State.FOREGROUND, self._claimant, None
-            self._lock.notify_all()
-            return True
 
     def _open_session(self) -> Session:
         session = Session(self)
@@ -445,7 +355,7 @@ class Worker(Service):
 
     def _renew(self, session: Session) -> Session:
         """Do what the heartbeat thread asked: sign up again, or reconnect."""
-        with self._lock:
+        with self._renewal_lock:
             renewal, self._renewal = self._renewal, Renewal.NONE
         if renewal is Renewal.RECONNECT:
             self._session = None
@@ -456,28 +366,14 @@ class Worker(Service):
         return session
 
     def _request_renewal(self, renewal: Renewal) -> None:
-        with self._lock:
+        with self._renewal_lock:
             self._renewal = max(self._renewal, renewal)
         self._wakeup.set()
 
     # -- heartbeats (the heartbeat thread) --------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        beat = Heartbeat(self)
-        try:
-            while not self._done_heart_beating():
-                beat.step()
-                if beat.gave_up:
-                    return
-        finally:
-            beat.close()
-
-    def _done_heart_beating(self) -> bool:
-        """Heartbeats last until the worker has left, or its grace for leaving has run out."""
-        state = self._state
-        if state is State.CANCELLING:
-            return time.monotonic() > self._cancel_deadline
-        return state is State.STOPPED
+        Heartbeat(self).run()
 
 
 def _retries(num_retries, max_retries):
@@ -494,13 +390,13 @@ def _retries(num_retries, max_retries):
 
 
 def _check_options(timeout, prefetch, heartbeat_interval, heartbeat_liveness):
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    seconds = "a positive number of seconds"
+    for name, value, kinds, what in [("timeout", timeout, (int, float), seconds),
+                                     ("heartbeat_interval", heartbeat_interval, (int, float),
+                                      seconds),
+                                     ("heartbeat_liveness", heartbeat_liveness, int,
+                                      "a positive integer")]:
+        if not isinstance(value, kinds) or value <= 0:
+            raise ValueError(f"{name} must be {what}, not {value!r}")
     if not isinstance(prefetch, int) or prefetch < 0:
         raise ValueError(f"prefetch must be an integer of at least 0, not {prefetch!r}")
-    if not isinstance(heartbeat_interval, (int, float)) or heartbeat_interval <= 0:
-        raise ValueError("heartbeat_interval must be a positive number of seconds, not "
-                         f"{heartbeat_interval!r}")
-    if not isinstance(heartbeat_liveness, int) or heartbeat_liveness < 1:
-        raise ValueError("heartbeat_liveness must be a positive integer, not "
-                         f"{heartbeat_liveness!r}")
