@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,7 +49,7 @@ def main():
     args = parser.parse_args()
     worker = pfmq.Worker(TARGETS[args.target], args.address, prefetch=args.prefetch,
                          heartbeat_interval=args.heartbeat)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=worker.cancel).start())
+    signal.signal(signal.SIGTERM, worker.handle_signal)  # takes no lock, unlike a new thread
     with worker:
         worker.process_requests()
 

@@ -138,12 +138,14 @@ def end_process(process: subprocess.Popen, timeout: float = 10.0) -> int:
 
 @contextlib.contextmanager
 def worker_processes(address: str, count: int = 1, target: str = "double", prefetch: int = 1,
-                     serializer: str = "pickle") -> Iterator[List[subprocess.Popen]]:
+                     serializer: str = "pickle",
+                     signals: str = "handle") -> Iterator[List[subprocess.Popen]]:
     """``count`` worker processes running ``worker_process.py``, each ended by its PID."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, env.get("PYTHONPATH")]))
     command = [sys.executable, WORKER_SCRIPT, address, "--target", target, "--prefetch",
-               str(prefetch), "--heartbeat-interval", str(HEARTBEAT), "--serializer", serializer]
+               str(prefetch), "--heartbeat-interval", str(HEARTBEAT), "--serializer", serializer,
+               "--signals", signals]
     processes = []
     try:
         for _ in range(count):

@@ -221,7 +221,7 @@ def test_cancelled_worker_hands_back_prefetched_requests():
         threads[0].start()
         task = broker.imap(range(5), heartbeat_interval=HEARTBEAT)
         # The first request runs; the other four wait at the worker (prefetch=4).
-        wait_for(lambda: first.executed == 0 and first._busy
+        wait_for(lambda: first.executed == 0 and first.busy
                  and broker.stats()["in_flight"] == 5, message="prefetch")
         first.cancel()
         threads.append(threading.Thread(target=second.run))
@@ -252,7 +252,7 @@ def test_cancelled_task_is_dropped_at_the_broker_and_workers():
         stats = broker.stats()
         assert stats["queued"] == 0 and stats["in_flight"] == 0
         # The request running when the task was cancelled finishes; the prefetched ones do not.
-        wait_for(lambda: not worker._busy and not worker._jobs, message="the worker to be idle")
+        wait_for(lambda: not worker.busy and not worker.held, message="the worker to be idle")
         executed = worker.executed
         # What ran: the three consumed, plus at most what was in flight or prefetched.
         assert executed <= 3 + 2 * 3 + 1 + 3

@@ -6,7 +6,9 @@ Usage::
         [--heartbeat-interval S] [--serializer pickle|json]
 
 It evaluates requests with the target ``NAME`` of :data:`TARGETS` until it receives SIGTERM or
-SIGINT, then leaves the broker cleanly and exits with status 0.
+SIGINT, then leaves the broker cleanly and exits with status 0. ``--signals default`` keeps
+Python's own SIGINT handling (Ctrl-C raises ``KeyboardInterrupt``; the script then exits with 130)
+and ``--signals exit`` installs a SIGTERM handler calling ``sys.exit(0)``, as many programs do.
 """
 import argparse
 import json
@@ -75,6 +77,32 @@ def unpicklable_result(request: Any) -> Any:
     return request
 
 
+class Abort(BaseException):
+    """A ``BaseException`` that is no signal to the process, as some frameworks define."""
+
+
+def exit_on_request(request: Any) -> Any:
+    """``sys.exit()`` for the request ``'exit'``, raise :class:`Abort` for ``'abort'``, else
+    return the request doubled."""
+    if request == "exit":
+        sys.exit("the transformation called sys.exit()")
+    if request == "abort":
+        raise Abort("a BaseException from the transformation")
+    return 2 * request
+
+
+def sleep_first_time(request: tuple) -> str:
+    """``request`` is ``(path, seconds)``: the first evaluation creates ``path`` and sleeps (so
+    that a test can interrupt it) and returns ``'first'``; later ones return ``'again'`` at once."""
+    path, seconds = request
+    if os.path.exists(path):
+        return "again"
+    with open(path, "w"):
+        pass
+    time.sleep(seconds)
+    return "first"
+
+
 def random_draws(request: Any) -> tuple:
     """Draw from numpy's and Python's global generators (seeded per request by ``seed=``)."""
     return request, float(np.random.uniform()), random.random()
@@ -95,6 +123,8 @@ TARGETS: Dict[str, Callable[[Any], Any]] = {
     "unpicklable-result": unpicklable_result,
     "random": random_draws,
     "pid": echo_pid,
+    "exit": exit_on_request,
+    "sleep-first-time": sleep_first_time,
 }
 
 
@@ -147,20 +177,23 @@ def main(argv=None) -> int:
     parser.add_argument("--prefetch", type=int, default=1)
     parser.add_argument("--heartbeat-interval", type=float, default=0.2)
     parser.add_argument("--serializer", default="pickle", choices=["pickle", "json"])
+    parser.add_argument("--signals", default="handle", choices=["handle", "default", "exit"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     worker = make_worker(args.address, args.target, args.prefetch, args.heartbeat_interval,
                          args.serializer)
-
-    def stop(signum, frame):
-        # Only ask the worker to stop: waiting here would block the thread the handler
-        # interrupted, which may be the one evaluating a request.
-        worker.cancel(timeout=0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    with worker:
-        worker.process_requests()
+    if args.signals == "handle":
+        # The worker's own handler only asks it to stop, taking no lock: the thread it
+        # interrupts may be the one evaluating a request, or hold any lock.
+        signal.signal(signal.SIGTERM, worker.handle_signal)
+        signal.signal(signal.SIGINT, worker.handle_signal)
+    elif args.signals == "exit":
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        with worker:
+            worker.process_requests()
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

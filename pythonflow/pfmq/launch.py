@@ -146,21 +146,22 @@ def serve(spec: TargetSpec, address: str, worker_options: Optional[dict] = None,
         print(f"pfmq worker: error: {exc}", file=sys.stderr)
         return 1
 
-    def stop(*_):
-        # Do not wait here: the signal may interrupt a request that the worker still delivers.
-        worker.cancel(timeout=0)
-
+    # The worker's handler takes no lock and does not wait: the signal may interrupt a request
+    # that the worker still delivers, or code that holds a lock.
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
+        signal.signal(signum, worker.handle_signal)
     if watch_parent:
         parent = multiprocessing.parent_process()
         if parent is not None:  # a worker must not outlive the process that started it
-            threading.Thread(target=lambda: (parent.join(), stop()), daemon=True,
+            threading.Thread(target=lambda: (parent.join(), worker.handle_signal()), daemon=True,
                              name="pfmq-parent-watch").start()
     try:
         worker.run()
     except Exception as exc:
         print(f"pfmq worker: error: {exc}", file=sys.stderr)
+        return 1
+    if worker.error is not None:  # run() returns when the worker gave up waiting for a broker
+        print(f"pfmq worker: error: {worker.error}", file=sys.stderr)
         return 1
     return 0
 

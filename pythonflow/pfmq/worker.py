@@ -1,33 +1,34 @@
 """Workers: evaluate the requests a broker hands them.
 
-Data flow inside a worker::
+Threads and connections of a worker::
 
-    broker <--DEALER (jobs, results)--> process_requests()  (the caller's thread)
-    broker <--DEALER (heartbeats)-----> heartbeat thread     (started by ``with worker:``)
+    broker <--DEALER (jobs, results)--> the serving thread: the worker's own (run_async) or the
+                                        caller's (process_requests, run)
+    broker <--DEALER (heartbeats)-----> the heartbeat thread
 
-:meth:`Worker.process_requests` owns the connection that carries work: it signs up with the
-broker for ``prefetch + 1`` jobs (the one being evaluated and ``prefetch`` waiting in the
-socket's queue), reads them, evaluates them in the order they came and sends each result itself,
-so a request crosses no thread inside the worker. A second connection, owned by the heartbeat
-thread that ``with worker:`` (or :meth:`Worker.run_async`) starts, pings the broker every interval
-on behalf of the first, also while a long transformation runs, and notices a broker that has
-restarted or gone silent.
+The serving thread signs up with the broker for ``prefetch + 1`` jobs (the one being evaluated and
+``prefetch`` waiting in the socket's queue), reads them, evaluates them in the order they came and
+sends each result itself, so a request crosses no thread inside the worker. The heartbeat thread
+pings the broker every interval on behalf of the serving thread, also while a long transformation
+runs, and notices a broker that restarted (it signs up again), went silent for
+``heartbeat_liveness`` intervals (it reconnects, as the broker presumes a silent worker dead after
+as many intervals) or for ``num_retries`` timeouts (it gives up).
+
+Both styles of Pythonflow work: ``worker.run_async()`` alone serves in a background thread
+(Pythonflow 0.3), and ``with worker: worker.process_requests()`` (Pythonflow's ``prefetch``
+design) serves in the calling thread, which takes the connection and the jobs held over from the
+background thread as soon as that thread has delivered what it was evaluating. The states of a
+worker and their transitions are described in :mod:`pythonflow.pfmq.lifecycle`.
 
 On :meth:`Worker.cancel` the request being evaluated is finished and delivered (heartbeats go on
 meanwhile, for up to ``timeout`` seconds), the jobs not yet started go back to the broker, and
-the worker says goodbye.
+the worker says goodbye. :meth:`Worker.handle_signal` does the same from a signal handler: it
+takes no lock and does not log, so it cannot deadlock with the thread it interrupts.
 """
-import collections
-import hashlib
 import logging
-import random
 import threading
-import time
-import traceback
-from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-import numpy as np
 import zmq
 
 from . import protocol
@@ -38,58 +39,17 @@ from .common import (
     Service,
     Wakeup,
     check_address,
-    dealer,
-    key_hint,
     resolve_key,
-    waiting_messages,
 )
-from .protocol import COMPLETED, ERROR, OK, SERIALIZATION_ERROR, Kind, ProtocolError
-from .serialization import SerializationError, encode_outcomes, make_serializer
+from .connections import Heartbeat, Renewal, Session
+from .jobs import Evaluator, GraphTarget, seed_generators
+from .lifecycle import Lifecycle, State
+from .serialization import make_serializer
+
+__all__ = ["Worker", "GraphTarget", "State", "seed_generators"]
 
 LOGGER = logging.getLogger(__name__)
-
-
-def seed_generators(seed: int, index: int) -> None:
-    """Seed Python's ``random`` and numpy's global generator for request ``index`` of a task.
-
-    The seeds depend only on ``(seed, index)``, so a request gives the same random numbers on
-    whichever worker runs it, however often it runs.
-    """
-    digest = hashlib.sha256(f"pfmq:{seed}:{index}".encode()).digest()
-    random.seed(int.from_bytes(digest[:16], "big"))
-    np.random.seed(int.from_bytes(digest[16:20], "big"))
-
-
-def _largest(frames) -> int:
-    return max(memoryview(frame).nbytes for frame in frames)
-
-
-class GraphTarget:
-    """Evaluates requests with a graph: ``{'fetches': f, 'context': {...}}`` gives
-    ``graph(f, context)``; ``{'fetches': f, 'contexts': [...]}`` gives a list, one per context.
-
-    Parameters
-    ----------
-    graph : pythonflow.Graph
-        The graph to evaluate.
-    """
-
-    def __init__(self, graph):
-        self.graph = graph
-
-    def __call__(self, request: Mapping) -> Any:
-        if not isinstance(request, Mapping):
-            raise TypeError("a request must be a dict with 'fetches' and 'context' or "
-                            f"'contexts', not {type(request).__name__}")
-        if "fetches" not in request:
-            raise KeyError(f"the request has no 'fetches'; its keys are {sorted(request)}")
-        fetches = request["fetches"]
-        if "contexts" in request:
-            return [self.graph(fetches, context) for context in request["contexts"]]
-        if "context" in request:
-            return self.graph(fetches, request["context"])
-        raise KeyError("the request needs 'context' (for one result) or 'contexts' (for a list "
-                       f"of results); its keys are {sorted(request)}")
+_UNSET = object()
 
 
 class Worker(Service):
@@ -98,23 +58,29 @@ class Worker(Service):
     Parameters
     ----------
     target : callable
-        Called with each request; its return value is the result.
+        Called with each request; its return value is the result. May be ``None`` until the
+        worker starts.
     address : str
-        The broker's backend address.
+        The broker's backend address. May be ``None`` until the worker starts.
     dumps, loads : callable, optional
         Replace pickle (object to ``bytes`` and back); must match the tasks'.
     start : bool
-        Start the heartbeat thread right away.
+        Start serving in a background thread right away (as :meth:`run_async`).
     timeout : float
-        Seconds without a word from the broker before the worker counts a retry; also how long
-        :meth:`cancel` waits for the request being evaluated.
+        Seconds without a word from the broker before the worker counts a retry (it pings at
+        least twice per timeout); also how long :meth:`cancel` waits for the request being
+        evaluated.
     num_retries : int, optional
-        Give up after this many silent timeouts (``process_requests`` raises ``TimeoutError``);
-        ``None`` waits for the broker forever.
+        Give up after this many silent timeouts (see :meth:`run` and :meth:`process_requests`);
+        ``None`` waits for the broker forever. ``max_retries`` is Pythonflow 0.3's name for it.
     prefetch : int
         Requests held ready beside the one being evaluated.
-    heartbeat_interval, heartbeat_liveness : float, int
-        As for the broker.
+    heartbeat_interval : float
+        Seconds between heartbeats.
+    heartbeat_liveness : int
+        Heartbeats without an answer after which the worker presumes its connection lost: it
+        hands the jobs it has not started back, reconnects and signs up again. The broker presumes
+        a worker dead after as many of the worker's intervals.
     key : bytes or str, optional
         Shared key for signed messages; defaults to ``PFMQ_KEY``.
     serializer : Serializer or str, optional
@@ -127,273 +93,310 @@ class Worker(Service):
         of being sent.
     context : zmq.Context, optional
         Defaults to the process-wide instance.
+
     """
 
-    def __init__(self, target: Callable[[Any], Any], address: str, dumps=None, loads=None,
-                 start: bool = False, timeout: float = 10, num_retries: Optional[int] = None,
-                 prefetch: int = 1, *, heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    def __init__(self, target: Optional[Callable[[Any], Any]], address: Optional[str],
+                 dumps=None, loads=None, start: bool = False, timeout: float = 10,
+                 num_retries: Optional[int] = None, prefetch: int = 1, *,
+                 max_retries: Optional[int] = _UNSET,
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL,
                  heartbeat_liveness: int = HEARTBEAT_LIVENESS, key=None, serializer=None,
                  curve=None, max_message_size: Optional[int] = None,
                  context: Optional[zmq.Context] = None):
-        if not callable(target):
+        if target is not None and not callable(target):
             raise TypeError(f"target must be callable, not {type(target).__name__}")
-        if prefetch < 0:
-            raise ValueError("prefetch must be at least 0")
         self.target = target
-        self.address = check_address(address)
+        self.address = address if address is None else check_address(address)
+        self.num_retries = _retries(num_retries, max_retries)
+        _check_options(timeout, prefetch, heartbeat_interval, heartbeat_liveness)
         self.serializer = make_serializer(dumps, loads, serializer)
         self.timeout = timeout
-        self.num_retries = num_retries
         self.prefetch = prefetch
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
-        self._interval_ms = max(1, round(heartbeat_interval * 1000))
+        # Pinging at least twice per timeout keeps a short timeout from expiring between the
+        # answers of a live broker; the broker is told the interval actually used.
+        self._ping_interval = min(heartbeat_interval, timeout / 2)
+        self._interval_ms = max(1, round(self._ping_interval * 1000))
         self.key = resolve_key(key)
         self.curve = curve
         self.max_message_size = max_message_size
         self.context = context or zmq.Context.instance()
-        self.routing_id = protocol.new_id()
-        self.executed = 0  # requests evaluated, for statistics and tests
-        self.error: Optional[BaseException] = None
+        self.routing_id: Optional[bytes] = None  # of the work connection, while signed up
         self._wire = protocol.Wire(self.key)
-        self._jobs = collections.deque()  # (spec, task id, payload) received, not yet started
-        self._wakeup = Wakeup()  # wakes process_requests: cancelled, or sign up again
-        self._heartbeat_wakeup = Wakeup()  # wakes the heartbeat thread: started or done
-        self._cancelled = threading.Event()
-        self._cancel_deadline = None
-        self._processing = threading.Event()  # process_requests is serving the broker
-        self._signed_up_at = 0.0
-        self._sign_up_again = False
-        self._busy = False
-        self._thread = None
+        self._log = RateLimitedLogger(LOGGER)
+        self._evaluator = Evaluator(self.serializer, self._wire)
+        self._wakeup = Wakeup()  # wakes the serving thread
+        self._heartbeat_wakeup = Wakeup()  # wakes the heartbeat thread
+        self._life = Lifecycle(self._wake)
+        self._renewal = Renewal.NONE  # guarded by the lock below
+        self._renewal_lock = threading.Lock()
+        self._session: Optional[Session] = None
+        self._running = None  # the job being evaluated
+        self._heartbeat_thread: Optional[threading.Thread] = None
+        self._thread: Optional[threading.Thread] = None  # the background serving thread
         if start:
             self.run_async()
 
     @classmethod
-    def from_graph(cls, graph, address: str, **kwargs) -> "Worker":
+    def from_graph(cls, graph, address: Optional[str], *args, **kwargs) -> "Worker":
         """A worker evaluating requests with ``graph`` (see :class:`GraphTarget`)."""
-        return cls(GraphTarget(graph), address, **kwargs)
+        return cls(GraphTarget(graph), address, *args, **kwargs)
 
-    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def max_retries(self) -> Optional[int]:
+        """Pythonflow 0.3's name for ``num_retries``."""
+        return self.num_retries
+
+    @property
+    def executed(self) -> int:
+        """Requests evaluated so far."""
+        return self._evaluator.executed
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is being evaluated right now."""
+        return self._running is not None
+
+    @property
+    def held(self) -> int:
+        """Jobs received and not answered yet, the one being evaluated included."""
+        session = self._session
+        return (len(session.jobs) if session else 0) + self.busy
+
+    @property
+    def state(self) -> State:
+        """Where the worker is in its life (see :mod:`pythonflow.pfmq.lifecycle`)."""
+        return self._life.state
 
     @property
     def is_alive(self) -> bool:
-        """Whether the heartbeat thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        """Whether the worker serves (or is finishing, after :meth:`cancel`)."""
+        return self._life.state is not State.STOPPED
+
+    @property
+    def error(self) -> Optional[BaseException]:
+        """Why the last run ended other than by :meth:`cancel` (a ``TimeoutError`` when the
+        broker stayed silent), or ``None``; reset when the worker starts again."""
+        return self._life.error
+
+    # -- lifecycle -------------------------------------------------------------------------------
 
     def run_async(self) -> "Worker":
-        """Start the heartbeat thread; evaluate with :meth:`process_requests`."""
-        if self.is_alive:
-            raise RuntimeError("the worker is already running")
-        self._cancelled.clear()
-        self._thread = threading.Thread(target=self._heartbeat, name="pfmq-worker", daemon=True)
-        self._thread.start()
-        return self
+        """Serve in a background thread until :meth:`cancel`.
 
-    def run(self) -> None:
-        """Start the heartbeat thread and evaluate requests in this thread until :meth:`cancel`."""
-        with self:
-            self.process_requests()
-
-    def cancel(self, timeout: Optional[float] = None) -> None:
-        """Stop: finish the request being evaluated, hand the others back to the broker.
-
-        Waits up to ``timeout`` seconds for the heartbeat thread, which lasts until
-        :meth:`process_requests` has said goodbye (or the worker's own ``timeout`` has passed).
-        """
-        if not self._cancelled.is_set():
-            self._cancel_deadline = time.monotonic() + self.timeout
-            self._cancelled.set()
-        self._wakeup.set()
-        self._heartbeat_wakeup.set()
-        self._join(timeout)
-
-    # -- evaluation (the caller's thread) --------------------------------------------------------
-
-    def process_requests(self) -> None:
-        """Evaluate requests in the calling thread until :meth:`cancel` is called.
+        A later :meth:`process_requests` moves the serving into its calling thread.
 
         Raises
         ------
         RuntimeError
-            If the worker was not started (use ``with worker: worker.process_requests()``).
-        TimeoutError
-            If the worker gave up waiting for the broker (see ``num_retries``).
+            If the worker is already running.
         """
-        if not self.is_alive:
-            raise RuntimeError("start the worker first: with worker: worker.process_requests()")
-        sock = dealer(self.context, self.address, self.routing_id, self.curve)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wakeup, zmq.POLLIN)
-        log = RateLimitedLogger(LOGGER)
-        capacity = self.prefetch + 1
-        running = None
+        self._start(State.BACKGROUND)
+        return self
+
+    def run(self) -> None:
+        """Serve in the calling thread until :meth:`cancel`, or until the broker has been silent
+        for ``num_retries`` timeouts: then this returns and :attr:`error` holds the
+        ``TimeoutError`` (as in Pythonflow 0.3, whose ``run`` returned after its retries)."""
+        self._start(State.FOREGROUND)
+        self._serve()
+        if self.error is not None:
+            LOGGER.error("%s; the worker gave up", self.error)
+
+    def process_requests(self) -> None:
+        """Evaluate requests in the calling thread until :meth:`cancel`.
+
+        The worker must have been started (``with worker:`` or :meth:`run_async`); this takes
+        the serving over from the background thread, after it has delivered the request it was
+        evaluating.
+
+        Raises
+        ------
+        RuntimeError
+            At once, if the worker is not running or another thread serves it already.
+        TimeoutError
+            If the worker gave up because the broker stayed silent for ``num_retries`` timeouts
+            (unlike :meth:`run`, which returns: a caller of ``process_requests`` asked to serve
+            until cancelled, so an end for any other reason is an error).
+        """
+        me = threading.current_thread()
         try:
-            self._sign_up(sock, capacity)
-            self._processing.set()
-            self._heartbeat_wakeup.set()
-            while not self._cancelled.is_set() and self.error is None:
-                self._read(sock, log)  # before every job, so a revoked task's jobs never start
-                if self._sign_up_again:
-                    self._sign_up(sock, capacity)
-                if self._jobs:
-                    running = self._jobs.popleft()
-                    self._busy = True
-                    sock.send_multipart(self._execute(*running), copy=False)
-                    running = None
-                    self._busy = False
-                else:
-                    events = dict(poller.poll(self.heartbeat_interval * 1000))
-                    self._wakeup.clear_if_woken(events)
-        finally:
-            self._busy = False
-            self._leave(sock, running)
-            self._processing.clear()
-            self._heartbeat_wakeup.set()
+            took_over = self._life.claim(me)
+        except RuntimeError:  # refused: nothing changed
+            raise
+        except BaseException:
+            if self._life.server is me:  # handed over to us, but we are interrupted (Ctrl-C)
+                self._leave_and_finish(self._session)
+            raise
+        if took_over:
+            self._serve()
         if self.error is not None:
             raise self.error
 
-    def _sign_up(self, sock, capacity):
-        self._sign_up_again = False
-        self._signed_up_at = time.monotonic()
-        credit = max(0, capacity - len(self._jobs))
-        sock.send_multipart(self._wire.pack(Kind.READY, capacity, credit))
+    def cancel(self, timeout: Optional[float] = None) -> None:
+        """Stop: finish the request being evaluated, hand the others back to the broker, leave.
 
-    def _read(self, sock, log):
-        """Take in every message waiting on the work connection."""
-        for frames in waiting_messages(sock):
-            try:
-                kind, fields, body = self._wire.unpack(frames)
-                if kind is Kind.JOB:
-                    if len(body) < 2:
-                        raise ProtocolError("JOB without task id or payload")
-                    protocol.check_job(fields)
-                    self._jobs.append((fields, body[0].bytes, body[1:]))
-                elif kind is Kind.REVOKE:
-                    self._revoke(sock, body[0].bytes)
-                else:
-                    raise ProtocolError(f"{kind.name} is not for workers")
-            except (ProtocolError, IndexError) as exc:
-                log.log(logging.WARNING, str(exc), "dropped a message: %s", exc)
+        Waits up to ``timeout`` seconds (and no longer than the worker's own ``timeout``) for the
+        worker to leave; ``cancel(timeout=0)`` only asks and takes no lock, so it may be called
+        from a signal handler. A worker that is not running is left alone.
+        """
+        life = self._life
+        if life.state is State.STOPPED:
+            return
+        life.request_stop()
+        if timeout == 0 or threading.current_thread() is life.server:
+            return  # the serving thread leaves when it gets back to its loop
+        limit = self.timeout if timeout is None else min(timeout, self.timeout)
+        if life.wait_stopped(limit):
+            for thread in (self._thread, self._heartbeat_thread):
+                if thread is not None and thread is not threading.current_thread():
+                    thread.join(limit)  # they end as soon as they see the worker stopped
 
-    def _revoke(self, sock, task_id):
-        """Drop the waiting jobs of a cancelled task, giving their slots back."""
-        dropped = [job for job in self._jobs if job[1] == task_id]
-        for job in dropped:
-            self._jobs.remove(job)
-            job_id = job[0][0]
-            sock.send_multipart(self._wire.pack(
-                Kind.DONE, job_id, protocol.CANCELLED, 0.0, body=[task_id],
-                payload=self._wire.seal([], job_id, protocol.OUTCOMES)))
+    def handle_signal(self, signum: Optional[int] = None, frame=None) -> None:
+        """A signal handler that cancels the worker.
 
-    def _leave(self, sock, interrupted):
-        """Hand back the jobs not done (also one interrupted by an exception), say goodbye."""
+        Install it with ``signal.signal(signal.SIGTERM, worker.handle_signal)``. It only writes
+        a byte to a socket: no lock, no logging, no waiting, so it cannot deadlock with the code
+        it interrupts. The request being evaluated is finished and delivered. A signal received
+        while the worker is not running stops its next run as soon as it starts.
+        """
+        self._life.request_stop(next_run=True)
+
+    def _start(self, state: State) -> None:
+        if not callable(self.target):
+            raise TypeError(f"the worker needs a callable target, not {self.target!r}")
+        check_address(self.address)
+        if self.is_alive:
+            raise RuntimeError("the worker is already running")
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join()  # the last run's: it ends as soon as that run stopped
+        background = threading.Thread(target=self._serve_in_background, name="pfmq-worker",
+                                      daemon=True)
+        server = background if state is State.BACKGROUND else threading.current_thread()
+        self._life.start(state, server)
+        self._renewal = Renewal.NONE
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat,
+                                                  name="pfmq-worker-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+        if state is State.BACKGROUND:
+            self._thread = background
+            background.start()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+        self._heartbeat_wakeup.set()
+
+    def _check_stop_requests(self) -> None:
+        if self._life.stop_requested():
+            self._life.begin_cancel(self.timeout)
+
+    def _leave_and_finish(self, session: Optional[Session], interrupted=None) -> None:
         try:
-            self._read(sock, RateLimitedLogger(LOGGER))
-            unfinished = ([interrupted] if interrupted else []) + list(self._jobs)
-            self._jobs.clear()
-            if unfinished:
-                body = []
-                for spec, task_id, _ in unfinished:
-                    body += [task_id, protocol.pack_job_id(spec[0])]
-                sock.send_multipart(self._wire.pack(Kind.RETURN, body=body))
-            sock.send_multipart(self._wire.pack(Kind.BYE))
+            if session is not None:
+                session.leave(interrupted)
         finally:
-            sock.close(linger=1000)  # let the goodbye reach the broker
+            self._session = self.routing_id = None
+            self._life.finish()
 
-    def _execute(self, spec, task_id, sealed):
-        job_id, first_index, count, has_seed, seed = spec
-        started = time.perf_counter()
+    # -- serving (the serving thread) ------------------------------------------------------------
+
+    def _serve_in_background(self) -> None:
         try:
-            payload = self._wire.open(sealed, job_id, protocol.REQUESTS)
-            requests = self.serializer.decode(payload)
-            if not isinstance(requests, list) or len(requests) != count:
-                raise SerializationError(f"a job of {count} requests decoded to {requests!r:.80}")
-        except (ProtocolError, SerializationError) as exc:
-            outcomes = [(SERIALIZATION_ERROR, f"the worker cannot read the request: {exc}")] * count
-        else:
-            outcomes = []
-            for offset, request in enumerate(requests):
-                if has_seed:
-                    seed_generators(seed, first_index + offset)
-                try:
-                    outcomes.append((OK, self.target(request)))
-                except Exception as exc:
-                    remote = "".join(traceback.format_exception(
-                        type(exc), exc, exc.__traceback__.tb_next))
-                    outcomes.append((ERROR, exc, remote))
-                finally:
-                    self.executed += 1
-        elapsed = time.perf_counter() - started
-        frames = encode_outcomes(self.serializer, outcomes)
-        if self.max_message_size and _largest(frames) > self.max_message_size:
-            # The broker would cut the connection and the result would never arrive.
-            frames = encode_outcomes(self.serializer, [self._within_limit(o) for o in outcomes])
-        sealed = self._wire.seal(frames, job_id, protocol.OUTCOMES)
-        return self._wire.pack(Kind.DONE, job_id, COMPLETED, elapsed, body=[task_id],
-                               payload=sealed)
+            self._serve()
+        except BaseException:  # noqa: B036 - nobody to raise to in this thread; kept in error
+            LOGGER.exception("the worker stopped serving")
+        if isinstance(self.error, TimeoutError):
+            LOGGER.error("%s; the worker gave up", self.error)
 
-    def _within_limit(self, outcome):
-        size = _largest(encode_outcomes(self.serializer, [outcome]))
-        if size <= self.max_message_size:
-            return outcome
-        return (SERIALIZATION_ERROR, f"the result needs a frame of {size} bytes; the broker "
-                                     f"accepts at most {self.max_message_size} (max_message_size)")
-
-    # -- heartbeats (the background thread) -------------------------------------------------------
-
-    def _heartbeat(self):
-        sock = dealer(self.context, self.address, protocol.new_id(), self.curve)
-        ping = 0
-        next_ping = last_heard = time.monotonic()
-        silent_timeouts = 0
+    def _serve(self) -> None:
+        """Serve until cancelled, or until a HANDOVER moves the serving to another thread."""
+        session = self._session
         try:
-            while not self._done_heart_beating():
-                now = time.monotonic()
-                if not self._processing.is_set():
-                    last_heard = now  # nobody to speak for: silence means nothing
-                    wait = self.heartbeat_interval
+            if session is None:
+                session = self._session = self._open_session()
+            while True:
+                state = self._life.state
+                if state is State.HANDOVER:
+                    if self._life.hand_over():
+                        return  # the claimant serves on with this session
+                    continue  # the claimant changed its mind, or the worker was cancelled
+                if state not in (State.BACKGROUND, State.FOREGROUND):
+                    break
+                session.read()  # before every job, so a revoked task's jobs never start
+                if self._renewal:
+                    session = self._renew(session)
+                if session.jobs:
+                    self._running = session.jobs.popleft()
+                    session.sock.send_multipart(
+                        self._evaluator.answer(self.target, self._running, self.max_message_size),
+                        copy=False)
+                    self._running = None
                 else:
-                    if now >= next_ping:
-                        ping += 1
-                        sock.send_multipart(self._wire.pack(Kind.PING, ping, self._interval_ms,
-                                                            body=[self.routing_id]))
-                        next_ping = now + self.heartbeat_interval
-                    wait = next_ping - now
-                readable = zmq.select([sock, self._heartbeat_wakeup], [], [], max(0.0, wait))[0]
-                self._heartbeat_wakeup.clear_if_woken(readable)
-                for frames in waiting_messages(sock):
-                    try:
-                        kind, fields, _ = self._wire.unpack(frames)
-                    except ProtocolError as exc:
-                        LOGGER.debug("dropped a message: %s", exc)
-                        continue
-                    last_heard = time.monotonic()
-                    silent_timeouts = 0
-                    if kind is Kind.PONG and fields[5] and self.max_message_size is None:
-                        self.max_message_size = fields[5]  # the broker's limit
-                    recently = time.monotonic() - self._signed_up_at < 2 * self.heartbeat_interval
-                    if kind is Kind.PONG and not fields[4] and not recently:
-                        LOGGER.info("signing up again with the broker at %s", self.address)
-                        self._sign_up_again = True
-                        self._wakeup.set()
-                if time.monotonic() - last_heard > self.timeout:
-                    silent_timeouts += 1
-                    last_heard = time.monotonic()
-                    LOGGER.warning("no word from the broker at %s for %.1f s%s", self.address,
-                                   self.timeout, key_hint(self.key))
-                    if self.num_retries is not None and silent_timeouts >= self.num_retries:
-                        self.error = TimeoutError(
-                            f"no answer from the broker at {self.address} for "
-                            f"{self.timeout * silent_timeouts:.0f} s{key_hint(self.key)}")
-                        self._wakeup.set()
-                        return
-        finally:
-            sock.close(linger=0)
+                    events = dict(session.poller.poll(self._interval_ms))
+                    self._wakeup.clear_if_woken(events)
+                    if self._life.latch.fileno() in events:
+                        self._check_stop_requests()
+        except BaseException as exc:
+            if threading.current_thread() is self._thread and self._life.error is None:
+                self._life.error = exc
+            interrupted, self._running = self._running, None
+            self._leave_and_finish(self._session, interrupted)
+            raise
+        self._leave_and_finish(session)
 
-    def _done_heart_beating(self):
-        """Heartbeats last until the worker has left, or its grace for leaving has run out."""
-        if not self._cancelled.is_set():
-            return False
-        return not self._processing.is_set() or time.monotonic() > self._cancel_deadline
+    def _open_session(self) -> Session:
+        session = Session(self)
+        self.routing_id = session.routing_id
+        session.sign_up()
+        self._heartbeat_wakeup.set()  # to speak for it from now on
+        return session
+
+    def _renew(self, session: Session) -> Session:
+        """Do what the heartbeat thread asked: sign up again, or reconnect."""
+        with self._renewal_lock:
+            renewal, self._renewal = self._renewal, Renewal.NONE
+        if renewal is Renewal.RECONNECT:
+            self._session = None
+            session.leave()  # best effort: a broker that still listens requeues the jobs
+            session = self._session = self._open_session()
+        elif renewal is Renewal.SIGN_UP:
+            session.sign_up()
+        return session
+
+    def _request_renewal(self, renewal: Renewal) -> None:
+        with self._renewal_lock:
+            self._renewal = max(self._renewal, renewal)
+        self._wakeup.set()
+
+    # -- heartbeats (the heartbeat thread) --------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        Heartbeat(self).run()
+
+
+def _retries(num_retries, max_retries):
+    """``num_retries``, or Pythonflow 0.3's ``max_retries`` if only that was given."""
+    if max_retries is not _UNSET:
+        if num_retries is not None and num_retries != max_retries:
+            raise TypeError(f"num_retries={num_retries!r} and max_retries={max_retries!r} "
+                            "disagree; max_retries is Pythonflow 0.3's name for num_retries: "
+                            "give one of them")
+        num_retries = max_retries
+    if num_retries is not None and (not isinstance(num_retries, int) or num_retries < 1):
+        raise ValueError(f"num_retries must be a positive integer or None, not {num_retries!r}")
+    return num_retries
+
+
+def _check_options(timeout, prefetch, heartbeat_interval, heartbeat_liveness):
+    seconds = "a positive number of seconds"
+    for name, value, kinds, what in [("timeout", timeout, (int, float), seconds),
+                                     ("heartbeat_interval", heartbeat_interval, (int, float),
+                                      seconds),
+                                     ("heartbeat_liveness", heartbeat_liveness, int,
+                                      "a positive integer")]:
+        if not isinstance(value, kinds) or value <= 0:
+            raise ValueError(f"{name} must be {what}, not {value!r}")
+    if not isinstance(prefetch, int) or prefetch < 0:
+        raise ValueError(f"prefetch must be an integer of at least 0, not {prefetch!r}")

@@ -55,8 +55,11 @@ def _engine_start(spec, address, worker_options, handle_id):
     def run():
         try:
             worker.run()
-        except Exception as exc:  # kept for status() and stop()
-            outcome["error"] = f"{type(exc).__name__}: {exc}"
+            error = worker.error  # run() returns when the worker gave up waiting for a broker
+        except Exception as exc:
+            error = exc
+        if error is not None:  # kept for status() and stop()
+            outcome["error"] = f"{type(error).__name__}: {error}"
 
     thread = threading.Thread(target=run, name=f"pfmq-worker-{handle_id[:8]}", daemon=True)
     thread.start()

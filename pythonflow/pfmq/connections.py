@@ -1,0 +1,196 @@
+"""A worker's two connections to its broker.
+
+* :class:`Session`: one stint on the work connection, from sign-up (``READY``) to goodbye
+  (``BYE``), owned by the thread that serves.
+* :class:`Heartbeat`: the heartbeat connection, owned by the heartbeat thread, which pings on
+  behalf of the session, adopts the broker's limits and judges its silence.
+"""
+import collections
+import enum
+import logging
+import time
+
+import zmq
+
+from . import protocol
+from .common import dealer, key_hint, waiting_messages
+from .jobs import read_job
+from .protocol import Kind, ProtocolError
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Renewal(enum.IntEnum):
+    """What the heartbeat thread asks of the serving thread about the work connection."""
+
+    NONE = 0
+    SIGN_UP = 1  # the broker does not know the worker (it restarted, or presumed it dead)
+    RECONNECT = 2  # the broker has been silent for heartbeat_liveness intervals
+
+
+class Session:
+    """One stint on the work connection, from sign-up (``READY``) to goodbye (``BYE``).
+
+    Parameters
+    ----------
+    worker : Worker
+        Gives the address, context, CURVE client, wire, capacity and log; its wake-up and stop
+        latch are polled beside the socket.
+    """
+
+    def __init__(self, worker):
+        self.routing_id = protocol.new_id()
+        self.sock = dealer(worker.context, worker.address, self.routing_id, worker.curve)
+        self.poller = zmq.Poller()
+        for pollable in (self.sock, worker._wakeup, worker._life.latch):
+            self.poller.register(pollable, zmq.POLLIN)
+        self.jobs = collections.deque()  # received, not yet started
+        self.signed_up_at = 0.0
+        self._wire = worker._wire
+        self._capacity = worker.prefetch + 1
+        self._log = worker._log
+
+    def sign_up(self) -> None:
+        """Tell the broker how many jobs the worker takes and how many more it can take now."""
+        self.signed_up_at = time.monotonic()
+        credit = max(0, self._capacity - len(self.jobs))
+        self.sock.send_multipart(self._wire.pack(Kind.READY, self._capacity, credit))
+
+    def read(self) -> None:
+        """Take in every message waiting on the work connection."""
+        for frames in waiting_messages(self.sock):
+            try:
+                kind, fields, body = self._wire.unpack(frames)
+                if kind is Kind.JOB:
+                    self.jobs.append(read_job(fields, body))  # answered even if unreadable
+                elif kind is Kind.REVOKE and body:
+                    self._revoke(body[0].bytes)
+                else:
+                    raise ProtocolError(f"{kind.name} is not for workers")
+            except ProtocolError as exc:
+                self._log.log(logging.WARNING, str(exc), "dropped a message: %s", exc)
+
+    def _revoke(self, task_id: bytes) -> None:
+        """Drop the waiting jobs of a cancelled task, giving their slots back."""
+        dropped = [job for job in self.jobs if job.task_id == task_id]
+        for job in dropped:
+            self.jobs.remove(job)
+            job_id = job.spec[0]
+            self.sock.send_multipart(self._wire.pack(
+                Kind.DONE, job_id, protocol.CANCELLED, 0.0, body=[task_id],
+                payload=self._wire.seal([], job_id, protocol.OUTCOMES)))
+
+    def leave(self, interrupted=None) -> None:
+        """Hand back the jobs not done (also one interrupted by an exception), say goodbye."""
+        try:
+            self.read()
+            unfinished = ([interrupted] if interrupted else []) + list(self.jobs)
+            self.jobs.clear()
+            if unfinished:
+                body = []
+                for job in unfinished:
+                    body += [job.task_id, protocol.pack_job_id(job.spec[0])]
+                self.sock.send_multipart(self._wire.pack(Kind.RETURN, body=body))
+            self.sock.send_multipart(self._wire.pack(Kind.BYE))
+        finally:
+            self.sock.close(linger=1000)  # let the goodbye reach the broker
+
+
+class Heartbeat:
+    """The heartbeat thread's connection and clocks.
+
+    It speaks for the worker's current :class:`Session` (none: silence means nothing), and tells
+    the worker what it notices: a stop request, a broker that does not know the worker
+    (:attr:`Renewal.SIGN_UP`), a broker silent for ``heartbeat_liveness`` intervals
+    (:attr:`Renewal.RECONNECT`: the broker presumes a silent worker dead after as many
+    intervals), or silent for ``num_retries`` timeouts (the worker gives up).
+    """
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.sock = self._connect()
+        self.ping = 0
+        self.next_ping = self.last_heard = self.last_counted = self.last_renewed = time.monotonic()
+        self.silent_timeouts = 0
+        self.gave_up = False
+        self.lapse = worker._ping_interval * worker.heartbeat_liveness
+
+    def _connect(self):
+        worker = self.worker
+        return dealer(worker.context, worker.address, protocol.new_id(), worker.curve)
+
+    def run(self) -> None:
+        """Beat until the worker has left, its grace for leaving has run out, or it gave up."""
+        try:
+            while not self.gave_up and not self.worker._life.done_heart_beating():
+                self.step()
+        finally:
+            self.sock.close(linger=0)
+
+    def step(self) -> None:
+        """Ping when due, wait for an answer or a wake-up, and judge the broker's silence."""
+        worker = self.worker
+        now = time.monotonic()
+        session = worker._session
+        if session is None:  # nobody signed up to speak for: silence means nothing
+            self.last_heard = self.last_counted = self.last_renewed = now
+            wait = worker._ping_interval
+        else:
+            if now >= self.next_ping:
+                self.ping += 1
+                self.sock.send_multipart(worker._wire.pack(
+                    Kind.PING, self.ping, worker._interval_ms, body=[session.routing_id]))
+                self.next_ping = now + worker._ping_interval
+            wait = min(self.next_ping, self.last_counted + worker.timeout) - now
+        latch = worker._life.latch
+        readable = zmq.select([self.sock, worker._heartbeat_wakeup, latch], [], [],
+                              max(0.0, wait))[0]
+        worker._heartbeat_wakeup.clear_if_woken(readable)
+        if latch.fileno() in readable:
+            worker._check_stop_requests()
+        self._read(session)
+        if session is not None:
+            self._judge_silence(time.monotonic())
+
+    def _read(self, session) -> None:
+        worker = self.worker
+        for frames in waiting_messages(self.sock):
+            try:
+                kind, fields, _ = worker._wire.unpack(frames)
+            except ProtocolError as exc:
+                LOGGER.debug("dropped a message: %s", exc)
+                continue
+            if self.last_renewed > self.last_heard:
+                LOGGER.info("the broker at %s answers again", worker.address)
+            self.last_heard = self.last_counted = time.monotonic()
+            self.silent_timeouts = 0
+            if kind is not Kind.PONG:
+                continue
+            if fields[5] and worker.max_message_size is None:
+                worker.max_message_size = fields[5]  # the broker's limit
+            recently = session is not None and (
+                time.monotonic() - session.signed_up_at < 2 * worker._ping_interval)
+            if not fields[4] and session is not None and not recently:
+                LOGGER.info("signing up again with the broker at %s", worker.address)
+                worker._request_renewal(Renewal.SIGN_UP)
+
+    def _judge_silence(self, now: float) -> None:
+        worker = self.worker
+        if now - max(self.last_heard, self.last_renewed) > self.lapse:
+            level = logging.WARNING if self.last_renewed <= self.last_heard else logging.DEBUG
+            LOGGER.log(level, "no answer from the broker at %s to %d heartbeats; reconnecting%s",
+                       worker.address, worker.heartbeat_liveness, key_hint(worker.key))
+            self.sock.close(linger=0)
+            self.sock = self._connect()
+            self.last_renewed = now
+            worker._request_renewal(Renewal.RECONNECT)
+        if now - self.last_counted > worker.timeout:
+            self.silent_timeouts += 1
+            self.last_counted = now
+            LOGGER.warning("no word from the broker at %s for %.1f s%s", worker.address,
+                           worker.timeout, key_hint(worker.key))
+            if worker.num_retries is not None and self.silent_timeouts >= worker.num_retries:
+                self.gave_up = True
+                worker._life.begin_cancel(worker.timeout, TimeoutError(
+                    f"no answer from the broker at {worker.address} for "
+                    f"{worker.timeout * self.silent_timeouts:.1f} s{key_hint(worker.key)}"))
