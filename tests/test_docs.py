@@ -21,7 +21,7 @@ def test_docs_build(tmp_path):
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", DOCS,
          str(tmp_path / "html")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    for page in ("index", "graph", "guide", "protocol", "performance", "api"):
+    for page in ("index", "graph", "pythonflow", "guide", "protocol", "performance", "api"):
         assert (tmp_path / "html" / f"{page}.html").is_file()
     api = (tmp_path / "html" / "api.html").read_text(encoding="utf-8")
     assert "LocalCluster" in api and "process_requests" in api
