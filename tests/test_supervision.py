@@ -9,10 +9,12 @@ import sys
 import time
 
 import pytest
+import zmq
 from pfmq_helpers import PACKAGE_PARENT, end_process, running_broker, wait_until
 
 from pythonflow import pfmq
-from pythonflow.pfmq import launch
+from pythonflow.pfmq import launch, protocol
+from pythonflow.pfmq.protocol import Kind
 from pythonflow.pfmq.supervisor import CrashLoopError, SlotState, Supervisor, describe_exit
 
 pytestmark = pytest.mark.timeout(90)
@@ -150,6 +152,23 @@ def test_bad_supervisor_options():
         pfmq.LocalCluster(slow_double, 1, crash_limit=0)
     with pytest.raises(ValueError, match="backoff <= max_backoff"):
         Supervisor(spec, "tcp://127.0.0.1:1", 1, backoff=2.0, max_backoff=1.0)
+
+
+def test_broker_shows_reports_until_their_supervisor_falls_silent():
+    with running_broker() as broker:  # heartbeats every 0.2 s
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        try:
+            sock.connect(broker.backend_address)
+            sock.send_multipart(protocol.Wire(broker.key).pack(Kind.REPORT, 4, 3, 7, 200))
+            stats = wait_until(lambda: (lambda s: s["restarts"] == 7 and s)(broker.stats()),
+                               message="the report")
+            assert list(stats["supervisors"].values()) == [
+                {"slots": 4, "running": 3, "restarts": 7}]
+            # Silent for three of its 0.2 s intervals, the supervisor is forgotten.
+            wait_until(lambda: broker.stats()["supervisors"] == {}, message="report dropped")
+            assert broker.stats()["restarts"] == 0
+        finally:
+            sock.close(linger=0)
 
 
 def test_crash_loop_error_is_exported():
