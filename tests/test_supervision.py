@@ -4,6 +4,7 @@ import ctypes
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -130,6 +131,19 @@ def test_crash_loop_after_start_ends_the_cluster(tmp_path, monkeypatch):
             cluster.apply(1)
         assert cluster.pids == []  # the other worker was stopped as well
         # The broker has stopped, so that running tasks end with a TimeoutError.
+
+
+def test_a_worker_that_gives_up_on_the_broker_is_not_restarted():
+    with socket.socket() as unused:  # a loopback port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{unused.getsockname()[1]}"
+    supervisor = Supervisor(launch.pack_target(slow_double), address, 1,
+                            {"timeout": 0.2, "num_retries": 2}, report=False)
+    started = time.monotonic()
+    supervisor.run()  # returns once every slot has stopped for good
+    assert time.monotonic() - started < 30
+    assert supervisor.states == [SlotState.STOPPED] and supervisor.restarts == 0
+    assert supervisor.processes[0].exitcode == launch.EXIT_NO_BROKER
 
 
 @pytest.mark.parametrize("num_workers, error, message", [

@@ -173,13 +173,14 @@ def serve(spec: TargetSpec, address: str, worker_options: Optional[dict] = None,
         on_ready()
     try:
         worker.run()
-    except TimeoutError as exc:
-        print(f"pfmq worker: error: {exc}", file=sys.stderr)
-        return EXIT_NO_BROKER
     except Exception as exc:
-        print(f"pfmq worker: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        error = exc
+    else:
+        error = worker.error  # where run() returns when the worker gave up waiting for a broker
+    if error is None:
+        return 0
+    print(f"pfmq worker: error: {error}", file=sys.stderr)
+    return EXIT_NO_BROKER if isinstance(error, TimeoutError) else 1
 
 
 def _process_main(spec, address, worker_options, log_level, ready=None, log=None):
