@@ -1,6 +1,7 @@
 """Supervised worker pools: LocalCluster and ``pfmq worker --processes N`` replace dead workers,
 back off, and give up on crash loops with the worker's own last words."""
 import ctypes
+import errno
 import os
 import re
 import signal
@@ -122,7 +123,8 @@ def test_crash_loop_after_start_ends_the_cluster(tmp_path, monkeypatch):
     monkeypatch.setenv(MARKER_VARIABLE, str(marker))
     with fast_cluster("test_supervision:crash_when_marked", num_workers=2,
                       crash_limit=2) as cluster:
-        assert cluster.apply(4) == 8
+        task = cluster.imap(range(10 ** 6), timeout=0.5, num_retries=2)
+        assert next(task) == 0
         marker.touch()  # from now on, a new worker process cannot load its target
         os.kill(cluster.pids[0], signal.SIGKILL)
         wait_until(lambda: cluster.supervisor.error is not None and not cluster.broker.is_alive,
@@ -130,7 +132,10 @@ def test_crash_loop_after_start_ends_the_cluster(tmp_path, monkeypatch):
         with pytest.raises(CrashLoopError, match="worker 0 exited during start-up 2 times"):
             cluster.apply(1)
         assert cluster.pids == []  # the other worker was stopped as well
-        # The broker has stopped, so that running tasks end with a TimeoutError.
+        # The broker has stopped too, so that the running task ends instead of waiting.
+        with pytest.raises(TimeoutError, match="no answer from the broker"):
+            for _ in task:
+                pass
 
 
 def test_a_worker_that_gives_up_on_the_broker_is_not_restarted():
@@ -144,6 +149,18 @@ def test_a_worker_that_gives_up_on_the_broker_is_not_restarted():
     assert time.monotonic() - started < 30
     assert supervisor.states == [SlotState.STOPPED] and supervisor.restarts == 0
     assert supervisor.processes[0].exitcode == launch.EXIT_NO_BROKER
+
+
+def test_a_pool_that_cannot_start_processes_fails_at_once(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(launch, "start_process", refuse)
+    cluster = pfmq.LocalCluster(slow_double, 1, startup_timeout=60)
+    started = time.monotonic()
+    with pytest.raises(OSError, match="temporarily unavailable"):
+        cluster.start()  # not after the start-up timeout
+    assert time.monotonic() - started < 10 and cluster.broker is None
 
 
 @pytest.mark.parametrize("num_workers, error, message", [

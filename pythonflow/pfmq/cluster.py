@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 
 from . import launch
 from .broker import Broker
-from .supervisor import CrashLoopError, Supervisor, check_count
+from .supervisor import Supervisor, check_count
 
 LOGGER = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class LocalCluster:
             self.supervisor = Supervisor(
                 self.spec, self.broker.backend_address, self.num_workers, self.worker_options,
                 self.log_level, crash_limit=self.crash_limit, stop_timeout=self.stop_timeout)
-            self.supervisor.run_async(on_failure=self._on_crash_loop)
+            self.supervisor.run_async(on_failure=self._on_pool_failure)
             launch.wait_for_workers(self.broker, self.num_workers, self.startup_timeout,
                                     check=self.supervisor.check)
         except BaseException:
@@ -143,9 +143,9 @@ class LocalCluster:
         self._tempdir = tempfile.mkdtemp(prefix="pfmq-")  # created with mode 0700
         return f"ipc://{self._tempdir}/{uuid.uuid4().hex[:8]}"
 
-    def _on_crash_loop(self, error: CrashLoopError) -> None:
-        # Without workers for good, a running task would wait for ever; without a broker it
-        # ends after its timeouts. The supervisor has stopped the other workers already.
+    def _on_pool_failure(self, error: Exception) -> None:
+        # Without workers for good (a crash loop, say), a running task would wait for ever;
+        # without a broker it ends after its timeouts. The supervisor stopped the workers.
         broker = self.broker
         if broker is not None:
             broker.cancel(timeout=self.stop_timeout)

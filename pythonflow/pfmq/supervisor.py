@@ -229,7 +229,7 @@ class Supervisor:
         self.stop_timeout = stop_timeout
         self.report = report
         self.slots = [_Slot(index) for index in range(num_workers)]
-        self.error: Optional[CrashLoopError] = None
+        self.error: Optional[Exception] = None  # what ended a loop in the background
         self._stopping = False
         self._wakeup = Wakeup()
         self._thread: Optional[threading.Thread] = None
@@ -362,19 +362,21 @@ class Supervisor:
 
     # -- in a background thread ------------------------------------------------------------------
 
-    def run_async(self, on_failure: Optional[Callable[[CrashLoopError], Any]] = None
+    def run_async(self, on_failure: Optional[Callable[[Exception], Any]] = None
                   ) -> "Supervisor":
-        """Supervise in a background thread; a crash loop is kept in :attr:`error`, and handed
-        to ``on_failure`` if given."""
+        """Supervise in a background thread. What ends it early (a :class:`CrashLoopError`, or
+        processes that cannot be started at all) is kept in :attr:`error`, raised by
+        :meth:`check`, and handed to ``on_failure`` if given."""
         if self._thread is not None:
             raise RuntimeError("the supervisor was started before")
 
         def supervise():
             try:
                 self.run()
-            except CrashLoopError as exc:
+            except Exception as exc:
                 self.error = exc
-                LOGGER.error("%s", exc)
+                LOGGER.error("the worker processes are gone: %s", exc,
+                             exc_info=not isinstance(exc, CrashLoopError))
                 if on_failure is not None:
                     on_failure(exc)
 
@@ -383,7 +385,7 @@ class Supervisor:
         return self
 
     def check(self) -> None:
-        """Raise the crash-loop error of a supervisor running in the background, if any."""
+        """Raise what ended a supervisor running in the background early, if anything."""
         if self.error is not None:
             raise self.error
 
