@@ -192,7 +192,7 @@ def test_zero_copy_through_zeromq_frames():
 # -- garbage on the broker's sockets ------------------------------------------------------------
 
 TASK_KINDS = {Kind.SUBMIT, Kind.CANCEL, Kind.STATUS, Kind.PING}
-WORKER_KINDS = {Kind.READY, Kind.DONE, Kind.RETURN, Kind.BYE, Kind.PING}
+WORKER_KINDS = {Kind.READY, Kind.DONE, Kind.RETURN, Kind.BYE, Kind.PING, Kind.REPORT}
 
 
 def garbage(rng: random.Random, accepted: set) -> list:

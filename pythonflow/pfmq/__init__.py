@@ -18,6 +18,7 @@ from .errors import RemoteError, WorkerDiedError
 from .security import CurveClient, CurveServer
 from .serialization import PickleSerializer, SerializationError, Serializer
 from .serializers import MsgpackSerializer
+from .supervisor import CrashLoopError
 from .task import Task, apply, query_status
 from .worker import GraphTarget, Worker
 
@@ -25,4 +26,5 @@ __all__ = [
     "Broker", "Worker", "GraphTarget", "Task", "apply", "query_status", "LocalCluster",
     "RemoteError", "WorkerDiedError", "SerializationError", "Serializer", "PickleSerializer",
     "MsgpackSerializer", "CurveServer", "CurveClient", "security", "serializers",
+    "CrashLoopError",
 ]

@@ -173,8 +173,10 @@ def run_worker(args) -> int:
     """``pfmq worker``: serve a graph in one or more processes until SIGINT/SIGTERM."""
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     _check_connect_address(args.address)
-    if args.processes < 1 or args.prefetch < 0:
-        raise UsageError("--processes must be at least 1 and --prefetch at least 0")
+    if args.processes is not None and args.processes < 1:
+        raise UsageError(f"--processes must be at least 1, not {args.processes}")
+    if args.prefetch < 0:
+        raise UsageError(f"--prefetch must be at least 0, not {args.prefetch}")
     try:
         spec = launch.pack_target(args.reference)
     except Exception as exc:  # whatever importing the user's module raised
@@ -184,25 +186,23 @@ def run_worker(args) -> int:
                "key": _read_key(args), "curve": _curve_client(args)}
     if args.serializer:
         options["serializer"] = args.serializer
-    LOGGER.info("serving %s for the broker at %s in %d process(es)", args.reference, args.address,
-                args.processes)
-    if args.processes == 1:
+    if args.processes is None:
+        LOGGER.info("serving %s for the broker at %s", args.reference, args.address)
         return launch.serve(spec, args.address, options, args.log_level)
-    from multiprocessing.connection import wait
+    from .supervisor import CrashLoopError, Supervisor
 
+    LOGGER.info("serving %s for the broker at %s in %d supervised processes", args.reference,
+                args.address, args.processes)
+    pool = Supervisor(spec, args.address, args.processes, options, args.log_level)
     _stop_on_signals()
-    processes = launch.start_processes(spec, args.address, args.processes, options,
-                                       args.log_level)
     try:
-        running = list(processes)
-        while running:  # until every process ended on its own, or a signal
-            wait([p.sentinel for p in running])
-            running = [p for p in running if p.exitcode is None]
+        pool.run()  # until every process ended on purpose, a crash loop or a signal
     except _Stopped as stop:
-        LOGGER.info("stopping %d worker processes (%s)", len(processes), stop)
-    finally:
-        launch.stop_processes(processes)
-    return 0 if all(p.exitcode == 0 for p in processes) else 1
+        LOGGER.info("stopping %d worker processes (%s)", args.processes, stop)
+    except CrashLoopError as exc:
+        print(f"pfmq worker: error: {exc}", file=sys.stderr)
+        return 1
+    return 0 if all(p.exitcode == 0 for p in pool.processes) else 1
 
 
 def format_status(stats: dict, address: str) -> str:
@@ -212,7 +212,7 @@ def format_status(stats: dict, address: str) -> str:
                         ("queued", "queued"), ("in flight", "in_flight"),
                         ("completed", "completed"), ("requeued", "requeued"),
                         ("failed", "failed"), ("cancelled", "cancelled"),
-                        ("workers lost", "workers_lost")]:
+                        ("workers lost", "workers_lost"), ("restarts", "restarts")]:
         if name in stats:
             lines.append(f"  {label:<13}{stats[name]}")
     per_worker = stats.get("per_worker") or {}
@@ -308,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "without arguments returning it)")
     worker.add_argument("--address", default=DEFAULT_BACKEND,
                         help="the broker's backend address (default: %(default)s)")
-    worker.add_argument("--processes", type=int, default=1, metavar="N",
-                        help="worker processes to run (default: %(default)s)")
+    worker.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="run N worker processes, each replaced when it dies (default: "
+                        "one worker in this process)")
     worker.add_argument("--prefetch", type=int, default=1, metavar="K",
                         help="requests each worker holds ready (default: %(default)s)")
     worker.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",

@@ -4,10 +4,11 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from . import launch
 from .broker import Broker
+from .supervisor import Supervisor, check_count
 
 LOGGER = logging.getLogger(__name__)
 
@@ -28,6 +29,14 @@ class LocalCluster:
 
     Leaving the ``with`` block (also by an exception or Ctrl-C) stops every worker process: each
     gets SIGTERM and a few seconds to deliver what it is evaluating, then it is killed.
+
+    A worker process that dies (SIGKILL, a segfault, the OOM killer) is replaced within seconds;
+    the broker sends what it held to the others meanwhile, so an ``imap`` still yields every
+    result once. Processes that die while loading the graph ``crash_limit`` times in a row end
+    the cluster instead: :meth:`start` (or the next :meth:`apply`, :meth:`imap` or
+    :meth:`stats`) raises :class:`~pythonflow.pfmq.supervisor.CrashLoopError` with the last lines
+    the worker wrote to stderr, and the broker stops, so that running tasks end with a
+    ``TimeoutError`` instead of waiting for ever. See :mod:`pythonflow.pfmq.supervisor`.
 
     Parameters
     ----------
@@ -51,6 +60,8 @@ class LocalCluster:
         Keyword arguments for :class:`~pythonflow.pfmq.Broker`.
     log_level : int
         Logging level of the worker processes.
+    crash_limit : int
+        Deaths of a worker process during start-up in a row that end the cluster.
     **worker_options
         Keyword arguments for :class:`~pythonflow.pfmq.Worker`, such as ``prefetch``; a ``key``
         is given to the broker as well.
@@ -60,12 +71,11 @@ class LocalCluster:
                  address: Optional[str] = None, frontend_address: Optional[str] = None,
                  startup_timeout: float = 60.0, stop_timeout: float = 5.0,
                  broker_options: Optional[dict] = None, log_level: int = logging.WARNING,
-                 **worker_options):
+                 crash_limit: int = 3, **worker_options):
         if num_workers is None:
             num_workers = launch.default_num_workers()
-        if num_workers < 1:
-            raise ValueError("num_workers must be at least 1")
-        self.num_workers = num_workers
+        self.num_workers = check_count(num_workers, "num_workers")
+        self.crash_limit = check_count(crash_limit, "crash_limit")
         self.spec = launch.pack_target(graph)
         self.address = address
         self.frontend_address = frontend_address
@@ -77,21 +87,32 @@ class LocalCluster:
         self.log_level = log_level
         self.worker_options = worker_options
         self.broker: Optional[Broker] = None
-        self.processes = []
+        self.supervisor: Optional[Supervisor] = None
         self._tempdir = None
 
     @property
-    def pids(self) -> list:
-        """Process ids of the worker processes."""
-        return [process.pid for process in self.processes]
+    def pids(self) -> List[int]:
+        """Process ids of the worker processes alive now (they change when one is replaced)."""
+        return self.supervisor.pids if self.supervisor is not None else []
+
+    @property
+    def processes(self) -> list:
+        """The last ``multiprocessing.Process`` of each worker slot."""
+        return self.supervisor.processes if self.supervisor is not None else []
+
+    @property
+    def restarts(self) -> int:
+        """Worker processes started in place of ones that died."""
+        return self.supervisor.restarts if self.supervisor is not None else 0
 
     def start(self) -> "LocalCluster":
         """Start the broker and the workers; returns once every worker has registered.
 
         Raises
         ------
-        RuntimeError
-            If a worker process exits during start-up.
+        CrashLoopError
+            If the processes of a worker slot die during start-up ``crash_limit`` times in a row
+            (a ``RuntimeError``).
         TimeoutError
             If not all workers registered within ``startup_timeout`` seconds.
         """
@@ -101,11 +122,12 @@ class LocalCluster:
             self.broker = Broker(self._backend_address(), self.frontend_address,
                                  **self.broker_options)
             self.broker.run_async()
-            self.processes = launch.start_processes(
+            self.supervisor = Supervisor(
                 self.spec, self.broker.backend_address, self.num_workers, self.worker_options,
-                self.log_level)
-            launch.wait_for_workers(self.broker, self.num_workers, self.processes,
-                                    self.startup_timeout)
+                self.log_level, crash_limit=self.crash_limit, stop_timeout=self.stop_timeout)
+            self.supervisor.run_async(on_failure=self._on_pool_failure)
+            launch.wait_for_workers(self.broker, self.num_workers, self.startup_timeout,
+                                    check=self.supervisor.check)
         except BaseException:
             self.close()
             raise
@@ -121,10 +143,18 @@ class LocalCluster:
         self._tempdir = tempfile.mkdtemp(prefix="pfmq-")  # created with mode 0700
         return f"ipc://{self._tempdir}/{uuid.uuid4().hex[:8]}"
 
+    def _on_pool_failure(self, error: Exception) -> None:
+        # Without workers for good (a crash loop, say), a running task would wait for ever;
+        # without a broker it ends after its timeouts. The supervisor stopped the workers.
+        broker = self.broker
+        if broker is not None:
+            broker.cancel(timeout=self.stop_timeout)
+
     def close(self) -> None:
         """Stop the worker processes and the broker (safe to call more than once)."""
         try:
-            launch.stop_processes(self.processes, self.stop_timeout)
+            if self.supervisor is not None:
+                self.supervisor.stop()
         finally:
             if self.broker is not None:
                 self.broker.cancel(timeout=self.stop_timeout)
@@ -140,6 +170,8 @@ class LocalCluster:
         self.close()
 
     def _running_broker(self) -> Broker:
+        if self.supervisor is not None:
+            self.supervisor.check()
         if self.broker is None:
             raise RuntimeError("the cluster is not running; use it in a with block")
         return self.broker

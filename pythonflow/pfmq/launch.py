@@ -13,8 +13,9 @@ worker process imports itself. The name may refer to
 
 Worker processes are started with the ``spawn`` method of :mod:`multiprocessing`: a fresh
 interpreter that inherits no threads, sockets or locks of the parent (forking a process that runs
-ZeroMQ threads is unsafe).
+ZeroMQ threads is unsafe). :mod:`pythonflow.pfmq.supervisor` keeps them alive.
 """
+import faulthandler
 import importlib
 import inspect
 import logging
@@ -25,7 +26,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from multiprocessing.connection import Connection
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
 LOGGER = logging.getLogger(__name__)
 
@@ -128,12 +130,22 @@ def unpack_target(spec: TargetSpec) -> Callable[[Any], Any]:
     raise ValueError(f"unknown target kind {kind!r}")
 
 
+#: Exit status of a worker process that gave up waiting for the broker (see ``num_retries``):
+#: like status 0 (stopped on request), a supervisor does not start it again.
+EXIT_NO_BROKER = 75  # EX_TEMPFAIL of sysexits.h
+
+
 def serve(spec: TargetSpec, address: str, worker_options: Optional[dict] = None,
-          log_level: int = logging.WARNING, watch_parent: bool = False) -> int:
+          log_level: int = logging.WARNING, watch_parent: bool = False,
+          on_ready: Optional[Callable[[], None]] = None) -> int:
     """Run one worker in this process until SIGINT/SIGTERM (or until its parent exits).
 
-    Returns the exit status for the process: 0 after a requested stop, 1 after an error, which
-    is reported in one line on stderr.
+    ``on_ready`` is called once the target is loaded and the worker made, just before it starts
+    serving: a supervisor counts a process that dies before then as one that cannot start.
+
+    Returns the exit status for the process: 0 after a requested stop, :data:`EXIT_NO_BROKER`
+    after giving up waiting for the broker, 1 after another error, which is reported in one line
+    on stderr.
     """
     from .worker import Worker
 
@@ -155,43 +167,76 @@ def serve(spec: TargetSpec, address: str, worker_options: Optional[dict] = None,
         if parent is not None:  # a worker must not outlive the process that started it
             threading.Thread(target=lambda: (parent.join(), worker.handle_signal()), daemon=True,
                              name="pfmq-parent-watch").start()
+    if on_ready is not None:
+        on_ready()
     try:
         worker.run()
     except Exception as exc:
-        print(f"pfmq worker: error: {exc}", file=sys.stderr)
-        return 1
-    if worker.error is not None:  # run() returns when the worker gave up waiting for a broker
-        print(f"pfmq worker: error: {worker.error}", file=sys.stderr)
-        return 1
-    return 0
+        error = exc
+    else:
+        error = worker.error  # where run() returns when the worker gave up waiting for a broker
+    if error is None:
+        return 0
+    print(f"pfmq worker: error: {error}", file=sys.stderr)
+    return EXIT_NO_BROKER if isinstance(error, TimeoutError) else 1
 
 
-def _process_main(spec, address, worker_options, log_level):
-    sys.exit(serve(spec, address, worker_options, log_level, watch_parent=True))
+def _process_main(spec, address, worker_options, log_level, ready=None, log=None):
+    if log is not None:  # stderr goes to the supervisor, which keeps the last lines
+        os.dup2(log.fileno(), 2)
+        log.close()
+    faulthandler.enable()  # a segfault leaves a Python traceback in that log
+
+    def signal_ready():
+        if ready is not None:
+            try:
+                ready.send_bytes(b"ready")
+            except OSError:  # the supervisor is gone or stopping; the parent watch stops us
+                pass
+            ready.close()
+
+    sys.exit(serve(spec, address, worker_options, log_level, watch_parent=True,
+                   on_ready=signal_ready))
 
 
-def start_processes(spec: TargetSpec, address: str, num: int,
-                    worker_options: Optional[dict] = None,
-                    log_level: int = logging.WARNING) -> List[multiprocessing.Process]:
-    """Start ``num`` worker processes serving ``spec`` for the broker at ``address``.
+class WorkerProcess(NamedTuple):
+    """A worker process started by :func:`start_process`, with the ends of its pipes."""
 
-    The processes are daemonic, so they are also ended when this interpreter exits without
-    stopping them.
+    #: The process (daemonic: also ended when this interpreter exits without stopping it).
+    process: multiprocessing.Process
+    #: Readable once the worker loaded its target (a message), or died before that (end of file).
+    ready: Connection
+    #: Everything the process writes to its stderr, as raw bytes on ``log.fileno()``; None where
+    #: it cannot be captured (not POSIX), and the process shares this process's stderr.
+    log: Optional[Connection]
+
+
+def start_process(spec: TargetSpec, address: str, name: str = "pfmq-worker",
+                  worker_options: Optional[dict] = None,
+                  log_level: int = logging.WARNING) -> WorkerProcess:
+    """Start a worker process serving ``spec`` for the broker at ``address``.
+
+    The caller reads (and closes) the ends of the pipes it returns.
     """
     context = multiprocessing.get_context("spawn")
-    processes = []
+    ready, ready_end = context.Pipe(duplex=False)
+    log, log_end = context.Pipe(duplex=False) if os.name == "posix" else (None, None)
+    process = context.Process(target=_process_main, name=name, daemon=True,
+                              args=(spec, address, worker_options, log_level, ready_end, log_end))
     try:
-        for index in range(num):
-            process = context.Process(target=_process_main, name=f"pfmq-worker-{index}",
-                                      args=(spec, address, worker_options, log_level),
-                                      daemon=True)
-            process.start()
-            processes.append(process)
+        process.start()
     except BaseException:
-        stop_processes(processes, timeout=1.0)
+        for end in (ready, log):
+            if end is not None:
+                end.close()
         raise
-    LOGGER.debug("started worker processes %s", [p.pid for p in processes])
-    return processes
+    finally:
+        # The child has its own copies: once it exits, reading ours meets the end of the file.
+        for end in (ready_end, log_end):
+            if end is not None:
+                end.close()
+    LOGGER.debug("started worker process %d", process.pid)
+    return WorkerProcess(process, ready, log)
 
 
 def stop_processes(processes: Sequence[multiprocessing.Process], timeout: float = 5.0) -> None:
@@ -215,36 +260,30 @@ def stop_processes(processes: Sequence[multiprocessing.Process], timeout: float 
                 process.join(timeout)
 
 
-def wait_for_workers(broker, count: int, processes: Sequence[multiprocessing.Process] = (),
-                     timeout: float = 60.0) -> None:
+def wait_for_workers(broker, count: int, timeout: float = 60.0,
+                     check: Optional[Callable[[], None]] = None) -> None:
     """Wait until ``count`` workers have registered with ``broker``.
+
+    ``check`` is called while waiting, to raise if the workers cannot come (the supervisor of
+    their processes gave up, say).
 
     Raises
     ------
-    RuntimeError
-        If one of ``processes`` exits in the meantime.
     TimeoutError
         If they have not all registered within ``timeout`` seconds.
     """
-    from multiprocessing.connection import wait
-
     deadline = time.monotonic() + timeout
     while True:
+        if check is not None:
+            check()
         registered = broker.stats()["workers"]
         if registered >= count:
             return
-        dead = [p for p in processes if p.exitcode is not None]
-        if dead:
-            raise RuntimeError(f"{len(dead)} of {len(processes)} worker processes exited during "
-                               f"start-up (exit code {dead[0].exitcode}); see their messages above")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(f"only {registered} of {count} workers registered with the broker "
                                f"at {broker.backend_address} within {timeout:g} s")
-        # Returns early when a process dies.
-        wait([p.sentinel for p in processes], timeout=min(0.05, remaining))
-        if not processes:
-            time.sleep(min(0.05, remaining))
+        time.sleep(min(0.05, remaining))
 
 
 def default_num_workers() -> int:

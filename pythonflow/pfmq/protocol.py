@@ -49,6 +49,9 @@ broker -> worker
 JOB                     job                         task id, payload
 REVOKE                  --                          task id
 PONG                    see below                   --
+supervisor -> broker
+REPORT                  slots, running, restarts,   --
+                        interval_ms
 broker -> task
 RESULT                  job_id, elapsed, capacity   payload (serialised outcomes)
 FAILED                  job_id                      reason (UTF-8)
@@ -71,6 +74,12 @@ the broker drops a worker ``PING`` whose number is not above the last one it acc
 worker since it signed up, so that a captured ``PING`` sent again, from any connection, cannot
 keep a dead worker alive. (A task's numbers start again with each ``apply`` on a shared
 connection; they only pair answers with pings.)
+
+A supervisor of worker processes (``LocalCluster``, ``pfmq worker --processes N``) sends a
+``REPORT`` on the backend when its figures change and every ``interval_ms``: its worker slots,
+the processes serving, and the processes it started in place of dead ones. The broker keeps the
+last report of each supervisor until ``heartbeat_liveness`` intervals pass without one, and
+shows them in its statistics; nothing answers a ``REPORT``.
 
 A ``SUBMIT`` that no worker could run (an implausible ``job``, or no payload frame at all, which
 only an unsigned message can lack) is refused: the broker answers ``FAILED`` for its job id, so
@@ -130,6 +139,7 @@ class Kind(enum.IntEnum):
     RESULT = 12
     FAILED = 13
     STATUS_REPLY = 14
+    REPORT = 15
 
 
 _JOB = "QQI?q"
@@ -149,6 +159,7 @@ FIELDS = {
     Kind.RESULT: "QdI",
     Kind.FAILED: "Q",
     Kind.STATUS_REPLY: "",
+    Kind.REPORT: "IIII",
 }
 _STRUCTS = {kind: struct.Struct("!BB" + fmt) for kind, fmt in FIELDS.items()}
 _KINDS = {int(kind): kind for kind in Kind}  # a dict look-up is cheaper than calling the enum

@@ -29,6 +29,7 @@ from .protocol import COMPLETED, Kind, ProtocolError
 
 LOGGER = logging.getLogger(__name__)
 _MAX_SLOTS = 1024  # a worker claiming more request slots is not believed
+_MAX_SUPERVISORS = 1024  # reports from more supervisors at once are dropped
 #: Seconds: the longest heartbeat interval a peer may claim (a longer one counts as this, or as
 #: the broker's own interval if that is longer), so that no peer makes the broker keep its state
 #: for weeks after it fell silent.
@@ -87,6 +88,15 @@ class _WorkerRecord:
         return False
 
 
+class _SupervisorRecord:
+    __slots__ = ("figures", "last_seen", "lapse")
+
+    def __init__(self):
+        self.figures = {}  # of the last REPORT: slots, running, restarts
+        self.last_seen = 0.0
+        self.lapse = 0.0
+
+
 class Scheduler:
     """Queues, credit and heartbeats of the tasks and workers of one broker.
 
@@ -120,6 +130,7 @@ class Scheduler:
         self.now = 0.0  # set by the loop before it hands over messages
         self.tasks = {}
         self.workers = {}
+        self.supervisors = {}  # peer id -> the last REPORT of a supervisor of worker processes
         self.ready_tasks = collections.deque()  # tasks with queued jobs, in turn
         self.counters = collections.Counter()
 
@@ -249,6 +260,8 @@ class Scheduler:
         elif kind is Kind.BYE and worker is not None:
             LOGGER.info("worker %s left", worker_id.hex()[:8])
             self._remove_worker(worker, died=False)
+        elif kind is Kind.REPORT:
+            self._on_report(worker_id, fields)
         elif kind not in (Kind.RETURN, Kind.BYE):
             raise ProtocolError(f"{kind.name} is not a worker message")
 
@@ -266,6 +279,21 @@ class Scheduler:
         self._send_to_worker(worker_id, Kind.PONG, self.incarnation, fields[0], self.capacity,
                              len(subject.jobs) if subject else 0, subject is not None,
                              self.max_frame)
+
+    def _on_report(self, peer_id, fields):
+        """Keep a supervisor's figures (see ``REPORT`` in the protocol) until it falls silent."""
+        slots, running, restarts, interval_ms = fields
+        record = self.supervisors.get(peer_id)
+        if record is None:
+            if len(self.supervisors) >= _MAX_SUPERVISORS:
+                raise ProtocolError("a REPORT from one supervisor too many")
+            record = self.supervisors[peer_id] = _SupervisorRecord()
+            LOGGER.info("supervisor %s of %d worker processes reports", peer_id.hex()[:8], slots)
+        elif restarts != record.figures["restarts"]:
+            LOGGER.info("supervisor %s has restarted %d worker processes", peer_id.hex()[:8],
+                        restarts)
+        record.figures = {"slots": slots, "running": running, "restarts": restarts}
+        record.last_seen, record.lapse = self.now, self._lapse(interval_ms)
 
     def _on_done(self, worker, fields, body):
         job_id, status, elapsed = fields
@@ -350,6 +378,8 @@ class Scheduler:
             LOGGER.info("task %s went silent; forgetting its %d jobs",
                         task.id.hex()[:8], len(task.pending))
             self._forget_task(task)
+        for peer_id in [p for p, r in self.supervisors.items() if self.now - r.last_seen > r.lapse]:
+            del self.supervisors[peer_id]
 
     # -- statistics ------------------------------------------------------------------------------
 
@@ -369,4 +399,7 @@ class Scheduler:
                 "completed", "requeued", "failed", "cancelled", "workers_lost",
                 "duplicates_dropped", "dropped", "bad_signatures")},
             "per_worker": workers,
+            # Worker processes started in place of dead ones, by the supervisors reporting now.
+            "restarts": sum(r.figures["restarts"] for r in self.supervisors.values()),
+            "supervisors": {p.hex(): dict(r.figures) for p, r in self.supervisors.items()},
         }
