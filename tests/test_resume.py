@@ -21,10 +21,10 @@ from pfmq_helpers import (  # noqa: F401 (broker_fixture provides the ``broker``
 )
 
 from pythonflow import pfmq
-from pythonflow.pfmq import position
 
 pytestmark = pytest.mark.timeout(90)
 
+FORMAT = "pfmq.task/1"  # what a saved state says it is; a change must not go unnoticed
 COUNT = 48
 SEED = 1234
 REQUESTS = list(range(COUNT))
@@ -74,7 +74,7 @@ def stop_after(task: pfmq.Task, count: int) -> tuple:
 def test_ordered_resume_is_bitwise_exact_whatever_the_workers(clusters, reference, before, after,
                                                               stop):
     first, state = stop_after(clusters[before].imap(REQUESTS, seed=SEED), stop)
-    assert state == {"format": position.FORMAT, "ordered": True, "seed": SEED, "position": stop}
+    assert state == {"format": FORMAT, "ordered": True, "seed": SEED, "position": stop}
     rest = list(clusters[after].imap(REQUESTS, seed=SEED, resume=state))
     assert [r[0] for r in rest] == REQUESTS[stop:]
     assert same(first + rest, reference)
@@ -111,7 +111,7 @@ def test_unordered_state_lists_what_was_delivered_above_a_late_request(broker):
         first = list(itertools.islice(task, 5))
         state = task.state_dict()
         task.cancel()
-        assert state == {"format": position.FORMAT, "ordered": False, "seed": None,
+        assert state == {"format": FORMAT, "ordered": False, "seed": None,
                          "position": 0, "delivered": sorted(first)}
         assert 0 not in first
         release.set()
@@ -131,7 +131,7 @@ def test_resume_advances_the_source_without_evaluating_what_it_skips(broker, gen
         return 2 * request
 
     source = CountingIterator(range(40)) if generator else list(range(40))
-    state = {"format": position.FORMAT, "ordered": True, "seed": None, "position": 30}
+    state = {"format": FORMAT, "ordered": True, "seed": None, "position": 30}
     with thread_workers(broker.backend_address, 1, target):
         results = list(broker.imap(source, resume=state))
     assert results == [2 * i for i in range(30, 40)]
@@ -169,7 +169,7 @@ def test_a_failed_request_counts_as_delivered(broker):
 def test_states_from_the_start_and_the_end(broker):
     with thread_workers(broker.backend_address, 1):
         task = broker.imap(range(5), seed=3)
-        assert task.state_dict() == {"format": position.FORMAT, "ordered": True, "seed": 3,
+        assert task.state_dict() == {"format": FORMAT, "ordered": True, "seed": 3,
                                      "position": 0}
         assert list(task) == [0, 2, 4, 6, 8]
         final = task.state_dict()
@@ -178,16 +178,16 @@ def test_states_from_the_start_and_the_end(broker):
         assert list(broker.imap(range(5), seed=3, resume=final)) == []
         assert list(broker.imap(iter(range(5)), seed=3, resume=final)) == []
         # A state from the start is a task from the start.
-        assert list(broker.imap(range(3), resume={"format": position.FORMAT, "ordered": True,
+        assert list(broker.imap(range(3), resume={"format": FORMAT, "ordered": True,
                                                   "seed": None, "position": 0})) == [0, 2, 4]
 
 
 def test_a_state_beyond_the_end_of_the_requests_fails_clearly(broker):
-    state = {"format": position.FORMAT, "ordered": True, "seed": None, "position": 8}
+    state = {"format": FORMAT, "ordered": True, "seed": None, "position": 8}
     # A source with a length is checked at once ...
     with pytest.raises(ValueError, match="at least 8 requests, these are 5"):
         broker.imap(range(5), resume=state)
-    unordered = {"format": position.FORMAT, "ordered": False, "seed": None, "position": 2,
+    unordered = {"format": FORMAT, "ordered": False, "seed": None, "position": 2,
                  "delivered": [9]}
     with pytest.raises(ValueError, match="at least 10 requests, these are 6"):
         broker.imap(list(range(6)), ordered=False, resume=unordered)
@@ -220,11 +220,11 @@ def test_the_state_is_small_and_survives_json(broker):
             # Bounded by what the task keeps in flight and cached, not by the stream.
             assert len(state["delivered"]) <= 64
             assert state["position"] + len(state["delivered"]) == count
-    assert state == {"format": position.FORMAT, "ordered": False, "seed": 2**63 - 1,
+    assert state == {"format": FORMAT, "ordered": False, "seed": 2**63 - 1,
                      "position": 200, "delivered": []}
 
 
-GOOD = {"format": position.FORMAT, "ordered": True, "seed": 5, "position": 3}
+GOOD = {"format": FORMAT, "ordered": True, "seed": 5, "position": 3}
 
 
 @pytest.mark.parametrize("resume, options, message", [
@@ -232,7 +232,7 @@ GOOD = {"format": position.FORMAT, "ordered": True, "seed": 5, "position": 3}
               "not list"),
     ("pfmq.task/1", {}, "not str"),
     ({**GOOD, "format": "pfmq.task/0"}, {}, "not format 'pfmq.task/0'"),
-    ({"format": position.FORMAT, "ordered": True, "seed": 5}, {}, r"lacks \['position'\]"),
+    ({"format": FORMAT, "ordered": True, "seed": 5}, {}, r"lacks \['position'\]"),
     ({**GOOD, "epoch": 2}, {}, r"has keys \['epoch'\]"),
     ({**GOOD, "position": -1}, {}, "position'] must be a whole number"),
     ({**GOOD, "position": True}, {}, "position'] must be a whole number"),
