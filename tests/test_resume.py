@@ -21,6 +21,7 @@ from pfmq_helpers import (  # noqa: F401 (broker_fixture provides the ``broker``
 )
 
 from pythonflow import pfmq
+from pythonflow.pfmq.protocol import OK
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -61,6 +62,21 @@ def reference_fixture(clusters):
     return results
 
 
+def runs_of(indices) -> list:
+    """The runs ``[start, end)`` of consecutive numbers in ``indices``."""
+    runs = []
+    for index in sorted(indices):
+        if runs and runs[-1][1] == index:
+            runs[-1][1] += 1
+        else:
+            runs.append([index, index + 1])
+    return runs
+
+
+def delivered_count(state: dict) -> int:
+    return state["position"] + sum(end - start for start, end in state.get("delivered", []))
+
+
 def stop_after(task: pfmq.Task, count: int) -> tuple:
     """Take ``count`` results, then the state (through JSON, as a checkpoint file would), and
     cancel the task."""
@@ -88,7 +104,7 @@ def test_ordered_resume_is_bitwise_exact_whatever_the_workers(clusters, referenc
 def test_unordered_resume_delivers_each_request_once_and_exactly(clusters, reference, before,
                                                                  after, stop):
     first, state = stop_after(clusters[before].imap(REQUESTS, seed=SEED, ordered=False), stop)
-    assert state["position"] + len(state["delivered"]) == stop
+    assert delivered_count(state) == stop
     rest = list(clusters[after].imap(REQUESTS, seed=SEED, ordered=False, resume=state))
     together = sorted(first + rest, key=lambda r: r[0])
     assert [r[0] for r in together] == REQUESTS  # each request exactly once
@@ -112,7 +128,7 @@ def test_unordered_state_lists_what_was_delivered_above_a_late_request(broker):
         state = task.state_dict()
         task.cancel()
         assert state == {"format": FORMAT, "ordered": False, "seed": None,
-                         "position": 0, "delivered": sorted(first)}
+                         "position": 0, "delivered": runs_of(first)}
         assert 0 not in first
         release.set()
         wait_until(lambda: broker.stats()["in_flight"] == 0, message="the held request done")
@@ -188,7 +204,7 @@ def test_a_state_beyond_the_end_of_the_requests_fails_clearly(broker):
     with pytest.raises(ValueError, match="at least 8 requests, these are 5"):
         broker.imap(range(5), resume=state)
     unordered = {"format": FORMAT, "ordered": False, "seed": None, "position": 2,
-                 "delivered": [9]}
+                 "delivered": [[9, 10]]}
     with pytest.raises(ValueError, match="at least 10 requests, these are 6"):
         broker.imap(list(range(6)), ordered=False, resume=unordered)
     # ... an iterator when it ends, at the consumer, whatever errors= says.
@@ -211,15 +227,46 @@ def test_a_state_beyond_the_end_of_the_requests_fails_clearly(broker):
         assert len(errors) == 1 and "ended before request 9" in errors[0]
 
 
+def test_unordered_bookkeeping_follows_any_order_of_delivery():
+    """Jobs of consecutive requests delivered in a shuffled order, run by run as a task does:
+    at every step the state names exactly what was delivered, in as few runs as can be."""
+    shuffle = random.Random(3)
+    for _ in range(100):
+        start = shuffle.randrange(5)
+        jobs, first = [], start
+        while first < 60:
+            count = shuffle.randint(1, 6)
+            jobs.append(range(first, first + count))
+            first += count
+        shuffle.shuffle(jobs)
+        task = pfmq.Task(range(first), "inproc://never-used", start=False, ordered=False,
+                         resume={"format": FORMAT, "ordered": False, "seed": None,
+                                 "position": start, "delivered": []})
+        # The consumer's side alone: results are put where the stream would put them.
+        task._thread = threading.current_thread()
+        seen = set(range(start))
+        for job in jobs:
+            task._io.outbox.put([(index, (OK, -index)) for index in job])
+            for index in job:
+                assert next(task) == -index
+                seen.add(index)
+                state = task.state_dict()
+                low = next(i for i in itertools.count() if i not in seen)
+                assert state["position"] == low
+                assert state["delivered"] == runs_of(i for i in seen if i > low)
+        assert state["position"] == first and state["delivered"] == []
+        assert task.stats()["delivered"] == first - start
+
+
 def test_the_state_is_small_and_survives_json(broker):
     with thread_workers(broker.backend_address, 2, "sleep-random"):
         task = broker.imap(range(200), seed=2**63 - 1, ordered=False, cache_size=16)
         for count, _ in enumerate(task, 1):
             state = task.state_dict()
             assert json.loads(json.dumps(state)) == state
-            # Bounded by what the task keeps in flight and cached, not by the stream.
-            assert len(state["delivered"]) <= 64
-            assert state["position"] + len(state["delivered"]) == count
+            # Runs between jobs not yet delivered: bounded by the jobs in flight and cached.
+            assert len(state["delivered"]) <= 32
+            assert delivered_count(state) == count
     assert state == {"format": FORMAT, "ordered": False, "seed": 2**63 - 1,
                      "position": 200, "delivered": []}
 
@@ -238,9 +285,13 @@ GOOD = {"format": FORMAT, "ordered": True, "seed": 5, "position": 3}
     ({**GOOD, "position": True}, {}, "position'] must be a whole number"),
     ({**GOOD, "position": 2.0}, {}, "position'] must be a whole number"),
     ({**GOOD, "ordered": "yes"}, {}, "must be true or false"),
-    ({**GOOD, "ordered": False, "delivered": [3]}, {"ordered": False}, "indices above"),
+    ({**GOOD, "ordered": False, "delivered": [[3, 4]]}, {"ordered": False}, "runs"),
+    ({**GOOD, "ordered": False, "delivered": [[5, 5]]}, {"ordered": False}, "runs"),
+    ({**GOOD, "ordered": False, "delivered": [[5, 8], [7, 9]]}, {"ordered": False}, "disjoint"),
+    ({**GOOD, "ordered": False, "delivered": [[7, 9], [4, 5]]}, {"ordered": False}, "sorted"),
+    ({**GOOD, "ordered": False, "delivered": [5]}, {"ordered": False}, "runs"),
     ({**GOOD, "ordered": False, "delivered": "4"}, {"ordered": False}, "must be a list"),
-    ({**GOOD, "delivered": [4]}, {}, "delivered out of order"),
+    ({**GOOD, "delivered": [[4, 5]]}, {}, "delivered out of order"),
     (GOOD, {"ordered": False}, "state of an ordered task: pass ordered=True"),
     ({**GOOD, "ordered": False}, {}, "state of an unordered task: pass ordered=False"),
     (GOOD, {"seed": None}, "seed=5, this one has seed=None: pass the seed"),

@@ -94,10 +94,10 @@ class Task:
     delivered before without sending them, and sends the others under their original indices:
     with ``seed=``, every result equals bit for bit the one an uninterrupted task gives at the
     same position, whatever the number of workers before and after. An ordered state is the count
-    of results delivered; an unordered one is the low-water mark plus the requests delivered
-    above it, so each request is delivered exactly once across the stop. A failed request counts
-    as delivered once the consumer was told of it (raised, returned, or skipped with
-    ``errors='skip'``). Requests that end before the state's position fail the stream with a
+    of results delivered; an unordered one is the low-water mark plus the runs of requests
+    delivered above it, so each request is delivered exactly once across the stop. A failed
+    request counts as delivered once the consumer was told of it (raised, returned, or skipped
+    with ``errors='skip'``). Requests that end before the state's position fail the stream with a
     ``ValueError`` (at once if ``requests`` has a length); a source that ends exactly there
     gives an empty stream.
 
@@ -217,8 +217,9 @@ class Task:
         task (take it in the thread that iterates), not those still waiting in the cache.
         """
         if self._unordered is None:
-            return position.state(True, self.seed, self._last + 1)
-        return position.state(False, self.seed, 0, self._unordered)
+            return {"format": position.FORMAT, "ordered": True, "seed": self.seed,
+                    "position": self._last + 1}
+        return position.state(self.seed, self._unordered)
 
     def stats(self) -> dict:
         """Figures of the stream so far, from the consumer's side.
@@ -246,10 +247,13 @@ class Task:
         }
 
     def _mark(self, index: int) -> None:
-        if self._unordered is None:
+        unordered = self._unordered
+        if unordered is None:
             self._last = index
+        elif index == unordered.end:
+            unordered.end += 1
         else:
-            self._unordered.mark(index)
+            unordered.jump(index)
 
     def _count_delivered(self) -> int:
         return self._last + 1 if self._unordered is None else self._unordered.count()
@@ -262,10 +266,13 @@ class Task:
             if self._io.waiting_for_consumer and self._io.wakeup is not None:
                 self._io.wakeup.set()
             if outcome[0] == OK:
-                if self._unordered is None:  # inline: this is the hot path
+                unordered = self._unordered  # _mark() inline: this is the hot path
+                if unordered is None:
                     self._last = index
+                elif index == unordered.end:
+                    unordered.end += 1
                 else:
-                    self._unordered.mark(index)
+                    unordered.jump(index)
                 return outcome[1]
             if outcome[0] == ITERATOR_FAILED:  # not a request: nothing delivered
                 raise outcome[1]
