@@ -1,12 +1,17 @@
-"""What taking ``task.state_dict()`` at every step costs a stream: ``python benchmarks/bench_resume.py``.
+"""What taking ``task.state_dict()`` at every step costs a stream.
 
-A local cluster of worker processes negates tiny requests (the worst case: the consumer's own
-work per result is all there is to slow down). Each repeat runs the same ``imap`` twice, once
-plain and once taking the state after every result, in alternating order so that a drift of the
-machine touches both alike; the medians of the two throughputs and their ratio are printed, for
-ordered and unordered streams, beside the time of one ``state_dict()`` call on its own.
+Run ``python benchmarks/bench_resume.py`` (``--quick`` for a smoke run).
+
+A local cluster of worker processes serves tiny requests: a plain function (``operator.neg``: the
+worst case, the consumer's own work per result is all there is to slow down) and the W1 graph of
+the performance suite (``z = x / y``). Each repeat runs the same ``imap`` twice, once plain and
+once taking the state after every result, in alternating order so that a drift of the machine
+touches both alike. Printed per stream: the medians of the two throughputs, the median of the
+ratio within each pair, the spread of the plain runs, the time of one ``state_dict()`` call on
+its own, and that time as a share of the time per result.
 """
 import argparse
+import math
 import operator
 import os
 import statistics
@@ -22,11 +27,18 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("P
 
 from pythonflow import pfmq  # noqa: E402
 
+#: What the workers evaluate, the request for number ``i`` and the result it gives.
+TARGETS = {
+    "function": (operator.neg, lambda i: i, lambda i: -i),
+    "graph": ("pythonflow.pfmq.bench.suite:build_graph",
+              lambda i: {"fetches": "z", "context": {"x": i, "y": 2}}, lambda i: i / 2),
+}
 
-def stream(cluster, count: int, ordered: bool, take_state: bool) -> float:
-    """Results per second of one ``imap`` of ``count`` tiny requests."""
+
+def stream(cluster, requests: list, expected: float, ordered: bool, take_state: bool) -> float:
+    """Results per second of one ``imap`` over ``requests``; checks the sum of the results."""
     started = time.perf_counter()
-    task = cluster.imap(range(count), ordered=ordered)
+    task = cluster.imap(requests, ordered=ordered)
     total = 0
     if take_state:
         for result in task:
@@ -36,38 +48,40 @@ def stream(cluster, count: int, ordered: bool, take_state: bool) -> float:
         for result in task:
             total += result
     elapsed = time.perf_counter() - started
-    if total != -count * (count - 1) // 2:
-        raise RuntimeError(f"the results summed to {total}: some were lost or repeated")
-    return count / elapsed
+    if not math.isclose(total, expected):
+        raise RuntimeError(f"the results summed to {total}, not {expected}: some were lost or "
+                           f"repeated")
+    return len(requests) / elapsed
 
 
-def state_dict_seconds(cluster, ordered: bool) -> float:
+def state_dict_seconds(cluster, requests: list, ordered: bool) -> float:
     """Seconds one ``state_dict()`` call takes, on a task that has delivered a few results."""
-    task = cluster.imap(range(100), ordered=ordered)
+    task = cluster.imap(requests[:100], ordered=ordered)
     for _ in task:
         pass
-    repeats = 200_000
+    repeats = 100_000
     return min(timeit.repeat(task.state_dict, number=repeats, repeat=5)) / repeats
 
 
-def measure(cluster, count: int, repeats: int, ordered: bool) -> dict:
-    """Interleaved runs with and without the state; medians and their ratio."""
+def measure(cluster, requests: list, expected: float, repeats: int, ordered: bool) -> dict:
+    """Interleaved runs with and without the state; medians, the paired ratio, the spread."""
     rates = {False: [], True: []}
-    stream(cluster, count, ordered, False)  # warm up: workers' imports, batch sizes
+    stream(cluster, requests, expected, ordered, False)  # warm up: imports, batch sizes
     for repeat in range(repeats):
         for take_state in ((False, True) if repeat % 2 == 0 else (True, False)):
-            rates[take_state].append(stream(cluster, count, ordered, take_state))
-    plain, with_state = statistics.median(rates[False]), statistics.median(rates[True])
-    return {"plain": plain, "with_state": with_state, "ratio": with_state / plain,
+            rates[take_state].append(stream(cluster, requests, expected, ordered, take_state))
+    plain = statistics.median(rates[False])
+    return {"plain": plain, "with_state": statistics.median(rates[True]),
+            "ratio": statistics.median(b / a for a, b in zip(rates[False], rates[True])),
             "spread": (max(rates[False]) - min(rates[False])) / plain,
-            "call": state_dict_seconds(cluster, ordered)}
+            "call": state_dict_seconds(cluster, requests, ordered)}
 
 
 def main(argv=None) -> int:
     """Run the measurement and print a table; returns 0."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=50_000, help="requests per stream")
-    parser.add_argument("--repeats", type=int, default=9, help="runs of each kind")
+    parser.add_argument("--repeats", type=int, default=11, help="runs of each kind")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     args = parser.parse_args(argv)
@@ -75,17 +89,21 @@ def main(argv=None) -> int:
         args.requests, args.repeats, args.workers = 2_000, 2, 1
     print(f"state_dict() at every step: {args.requests} tiny requests per stream, "
           f"{args.workers} worker processes, {args.repeats} interleaved repeats, medians")
-    print(f"{'stream':<10} {'plain/s':>10} {'state/s':>10} {'ratio':>7} {'spread':>7} "
-          f"{'call':>8} {'of result':>9}")
-    with pfmq.LocalCluster(operator.neg, num_workers=args.workers) as cluster:
-        for ordered in (True, False):
-            row = measure(cluster, args.requests, args.repeats, ordered)
-            share = row["call"] * row["plain"]  # one call's time over one result's
-            print(f"{'ordered' if ordered else 'unordered':<10} {row['plain']:10.0f} "
-                  f"{row['with_state']:10.0f} {row['ratio']:7.3f} {row['spread']:7.1%} "
-                  f"{row['call'] * 1e9:6.0f}ns {share:9.2%}")
-    print("ratio: throughput with the state over without (1.000: no cost); spread: range of the "
-          "plain runs over their median; of result: one call over the time per result")
+    print(f"{'target':<9} {'stream':<10} {'plain/s':>9} {'state/s':>9} {'ratio':>6} "
+          f"{'spread':>7} {'call':>7} {'of result':>9}")
+    for name, (target, request, result) in TARGETS.items():
+        requests = [request(i) for i in range(args.requests)]
+        expected = sum(result(i) for i in range(args.requests))
+        with pfmq.LocalCluster(target, num_workers=args.workers) as cluster:
+            for ordered in (True, False):
+                row = measure(cluster, requests, expected, args.repeats, ordered)
+                share = row["call"] * row["plain"]  # one call's time over one result's
+                print(f"{name:<9} {'ordered' if ordered else 'unordered':<10} "
+                      f"{row['plain']:9.0f} {row['with_state']:9.0f} {row['ratio']:6.3f} "
+                      f"{row['spread']:7.1%} {row['call'] * 1e9:5.0f}ns {share:9.2%}")
+    print("ratio: throughput with the state over without, median of the pairs (1.000: no "
+          "cost); spread: range of the plain runs over their median; of result: one call over "
+          "the time per result")
     return 0
 
 

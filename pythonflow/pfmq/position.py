@@ -15,6 +15,7 @@ many runs as the jobs a task keeps in flight and in its cache, however many requ
 A request that failed counts as delivered once the consumer was told of it (raised, returned or
 skipped with ``errors=``), so it is not evaluated again on resume.
 """
+import bisect
 from typing import List, Optional, Tuple
 
 #: The format of the states this module writes; a state of another format is refused.
@@ -25,17 +26,19 @@ _KEYS = frozenset({"format", "ordered", "seed", "position"})  # and "delivered" 
 class Unordered:
     """The requests an unordered task delivered.
 
-    Those below ``low``, the closed runs of ``runs`` (start -> end) and the open run ``[start,
-    end)``, the one the consumer is in. A result that continues the open run only moves ``end``
-    (the caller does that itself, on its hot path); any other opens a new run (:meth:`jump`).
+    Those below ``low``, the closed runs of ``runs`` (start -> end), all above ``low``, and the
+    open run ``[start, end)``, the one the consumer is in. A result that continues the open run
+    only moves ``end`` (the caller does that itself, on its hot path); any other closes the open
+    run and opens a new one (:meth:`jump`), which happens about once per job.
     """
 
-    __slots__ = ("low", "runs", "start", "end")
+    __slots__ = ("low", "runs", "start", "end", "_closed")
 
     def __init__(self, low: int, delivered=()):
         self.low = low
         self.runs = dict(delivered)
         self.start = self.end = low  # an empty run at the mark: extending it raises the mark
+        self._closed = None  # the closed runs, merged and sorted, until the next jump
 
     def jump(self, index: int) -> None:
         """Count request ``index``, which does not continue the open run, as delivered."""
@@ -47,27 +50,45 @@ class Unordered:
         else:
             self.runs[self.start] = self.end
         self.start, self.end = index, index + 1
+        self._closed = None
 
     def spans(self) -> Tuple[int, List[list]]:
         """The low-water mark and the runs above it, each ``[start, end)``, merged and sorted."""
-        if self.start == self.low:
-            low, spans = self.end, sorted(self.runs.items())
-        else:
-            low, spans = self.low, sorted([*self.runs.items(), (self.start, self.end)])
-        merged = []
-        for start, end in spans:
-            if start == low:
-                low = end
-            elif merged and merged[-1][1] == start:
-                merged[-1][1] = end
-            else:
-                merged.append([start, end])
-        return low, merged
+        closed = self._closed
+        if closed is None:
+            closed = self._closed = _merged(sorted(self.runs.items()))
+        start, end = self.start, self.end
+        if start == self.low:  # the open run raises the mark, maybe up to the first closed run
+            if closed and closed[0][0] == end:
+                return closed[0][1], list(map(list, closed[1:]))
+            return end, list(map(list, closed))
+        below = above = bisect.bisect(closed, (start,))
+        if below and closed[below - 1][1] == start:  # the open run continues the one before it
+            below -= 1
+            start = closed[below][0]
+        if above < len(closed) and closed[above][0] == end:  # and the one after continues it
+            end = closed[above][1]
+            above += 1
+        spans = list(map(list, closed[:below]))
+        spans.append([start, end])
+        spans.extend(map(list, closed[above:]))
+        return self.low, spans
 
     def count(self) -> int:
         """How many requests were delivered."""
         low, spans = self.spans()
         return low + sum(end - start for start, end in spans)
+
+
+def _merged(runs: List[tuple]) -> List[tuple]:
+    """Sorted runs with those that touch joined."""
+    merged = []
+    for start, end in runs:
+        if merged and merged[-1][1] == start:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def state(seed: Optional[int], unordered: Unordered) -> dict:
