@@ -7,8 +7,11 @@ worst case, the consumer's own work per result is all there is to slow down) and
 the performance suite (``z = x / y``). Each repeat runs the same ``imap`` twice, once plain and
 once taking the state after every result, in alternating order so that a drift of the machine
 touches both alike. Printed per stream: the medians of the two throughputs, the median of the
-ratio within each pair, the spread of the plain runs, the time of one ``state_dict()`` call on
-its own, and that time as a share of the time per result.
+ratio within each pair, the spread of the plain runs, the median of the pairs' ratio of the CPU
+time this process (consumer, task and broker threads) spent per result, the time of one
+``state_dict()`` call on its own, and that time as a share of the time per result. The CPU ratio
+is the steadier figure on a shared machine: other processes' load moves wall-clock throughput by
+tens of per cent, but hardly the CPU time the stream itself takes.
 """
 import argparse
 import math
@@ -18,6 +21,7 @@ import statistics
 import sys
 import time
 import timeit
+from typing import Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Measure this checkout, here and in the worker processes (spawned interpreters that see
@@ -35,8 +39,11 @@ TARGETS = {
 }
 
 
-def stream(cluster, requests: list, expected: float, ordered: bool, take_state: bool) -> float:
-    """Results per second of one ``imap`` over ``requests``; checks the sum of the results."""
+def stream(cluster, requests: list, expected: float, ordered: bool,
+           take_state: bool) -> Tuple[float, float]:
+    """Results per second of one ``imap`` over ``requests`` and this process's CPU seconds per
+    result; checks the sum of the results."""
+    cpu = time.process_time()
     started = time.perf_counter()
     task = cluster.imap(requests, ordered=ordered)
     total = 0
@@ -48,10 +55,11 @@ def stream(cluster, requests: list, expected: float, ordered: bool, take_state: 
         for result in task:
             total += result
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu
     if not math.isclose(total, expected):
         raise RuntimeError(f"the results summed to {total}, not {expected}: some were lost or "
                            f"repeated")
-    return len(requests) / elapsed
+    return len(requests) / elapsed, cpu / len(requests)
 
 
 def state_dict_seconds(cluster, requests: list, ordered: bool) -> float:
@@ -65,15 +73,18 @@ def state_dict_seconds(cluster, requests: list, ordered: bool) -> float:
 
 def measure(cluster, requests: list, expected: float, repeats: int, ordered: bool) -> dict:
     """Interleaved runs with and without the state; medians, the paired ratio, the spread."""
-    rates = {False: [], True: []}
+    rates, cpus = {False: [], True: []}, {False: [], True: []}
     stream(cluster, requests, expected, ordered, False)  # warm up: imports, batch sizes
     for repeat in range(repeats):
         for take_state in ((False, True) if repeat % 2 == 0 else (True, False)):
-            rates[take_state].append(stream(cluster, requests, expected, ordered, take_state))
+            rate, cpu = stream(cluster, requests, expected, ordered, take_state)
+            rates[take_state].append(rate)
+            cpus[take_state].append(cpu)
     plain = statistics.median(rates[False])
     return {"plain": plain, "with_state": statistics.median(rates[True]),
             "ratio": statistics.median(b / a for a, b in zip(rates[False], rates[True])),
             "spread": (max(rates[False]) - min(rates[False])) / plain,
+            "cpu": statistics.median(b / a for a, b in zip(cpus[False], cpus[True])),
             "call": state_dict_seconds(cluster, requests, ordered)}
 
 
@@ -90,7 +101,7 @@ def main(argv=None) -> int:
     print(f"state_dict() at every step: {args.requests} tiny requests per stream, "
           f"{args.workers} worker processes, {args.repeats} interleaved repeats, medians")
     print(f"{'target':<9} {'stream':<10} {'plain/s':>9} {'state/s':>9} {'ratio':>6} "
-          f"{'spread':>7} {'call':>7} {'of result':>9}")
+          f"{'spread':>7} {'cpu':>6} {'call':>7} {'of result':>9}")
     for name, (target, request, result) in TARGETS.items():
         requests = [request(i) for i in range(args.requests)]
         expected = sum(result(i) for i in range(args.requests))
@@ -100,10 +111,12 @@ def main(argv=None) -> int:
                 share = row["call"] * row["plain"]  # one call's time over one result's
                 print(f"{name:<9} {'ordered' if ordered else 'unordered':<10} "
                       f"{row['plain']:9.0f} {row['with_state']:9.0f} {row['ratio']:6.3f} "
-                      f"{row['spread']:7.1%} {row['call'] * 1e9:5.0f}ns {share:9.2%}")
+                      f"{row['spread']:7.1%} {row['cpu']:6.3f} {row['call'] * 1e9:5.0f}ns "
+                      f"{share:9.2%}")
     print("ratio: throughput with the state over without, median of the pairs (1.000: no "
-          "cost); spread: range of the plain runs over their median; of result: one call over "
-          "the time per result")
+          "cost); spread: range of the plain runs over their median; cpu: this process's CPU "
+          "time per result with the state over without, median of the pairs; of result: one "
+          "call over the time per result")
     return 0
 
 

@@ -32,13 +32,14 @@ class Unordered:
     run and opens a new one (:meth:`jump`), which happens about once per job.
     """
 
-    __slots__ = ("low", "runs", "start", "end", "_closed")
+    __slots__ = ("low", "runs", "start", "end", "_closed", "_counted")
 
     def __init__(self, low: int, delivered=()):
         self.low = low
         self.runs = dict(delivered)
         self.start = self.end = low  # an empty run at the mark: extending it raises the mark
         self._closed = None  # the closed runs, merged and sorted, until the next jump
+        self._counted = low + sum(end - start for start, end in self.runs.items())  # all closed
 
     def jump(self, index: int) -> None:
         """Count request ``index``, which does not continue the open run, as delivered."""
@@ -49,6 +50,7 @@ class Unordered:
             self.low = low
         else:
             self.runs[self.start] = self.end
+        self._counted += self.end - self.start
         self.start, self.end = index, index + 1
         self._closed = None
 
@@ -75,9 +77,11 @@ class Unordered:
         return self.low, spans
 
     def count(self) -> int:
-        """How many requests were delivered."""
-        low, spans = self.spans()
-        return low + sum(end - start for start, end in spans)
+        """How many requests were delivered.
+
+        It reads no container, so another thread may ask (and get a moment's figure).
+        """
+        return self._counted + self.end - self.start
 
 
 def _merged(runs: List[tuple]) -> List[tuple]:

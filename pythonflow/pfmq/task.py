@@ -234,7 +234,8 @@ class Task:
             waiting for the consumer; ``requests_read``: requests read from the source to be
             sent; ``waiting_seconds``: the time the consumer spent blocked in ``next()`` or
             :meth:`iter_results` waiting for a result (near ``elapsed_seconds``: the workers
-            cannot keep up; near zero: the consumer is the bottleneck).
+            cannot keep up; near zero: the consumer is the bottleneck). Asked from another
+            thread while the stream runs, the figures are each of a slightly different moment.
         """
         io = self._io
         elapsed = 0.0 if io.started is None else time.perf_counter() - io.started
