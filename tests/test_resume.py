@@ -8,6 +8,8 @@ import itertools
 import json
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -26,6 +28,8 @@ from pythonflow.pfmq.protocol import OK
 pytestmark = pytest.mark.timeout(90)
 
 FORMAT = "pfmq.task/1"  # what a saved state says it is; a change must not go unnoticed
+BENCHMARK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "benchmarks", "bench_resume.py")
 COUNT = 48
 SEED = 1234
 REQUESTS = list(range(COUNT))
@@ -308,3 +312,21 @@ def test_a_state_that_does_not_fit_is_refused_in_one_line(resume, options, messa
 def test_a_fitting_state_is_taken(broker):
     with thread_workers(broker.backend_address, 1):
         assert list(broker.imap(range(6), seed=5, resume=GOOD)) == [6, 8, 10]
+
+
+def test_the_benchmark_runs_and_prints_a_row_per_stream():
+    process = subprocess.Popen([sys.executable, BENCHMARK, "--quick"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = process.communicate(timeout=75)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+    assert process.returncode == 0, err
+    rows = [line.split() for line in out.splitlines()
+            if line.startswith(("function ", "graph "))]
+    assert [row[:2] for row in rows] == [["function", "ordered"], ["function", "unordered"],
+                                         ["graph", "ordered"], ["graph", "unordered"]]
+    for row in rows:
+        assert float(row[2]) > 0 and float(row[3]) > 0 and float(row[4]) > 0
