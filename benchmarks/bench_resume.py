@@ -3,8 +3,9 @@
 Run ``python benchmarks/bench_resume.py`` (``--quick`` for a smoke run).
 
 A local cluster of worker processes serves tiny requests: a plain function (``operator.neg``: the
-worst case, the consumer's own work per result is all there is to slow down) and the W1 graph of
-the performance suite (``z = x / y``). Each repeat runs the same ``imap`` twice, once plain and
+worst case, the consumer's own work per result is all there is to slow down), the W1 graph of
+the performance suite (``z = x / y``) and a function that computes for 50 microseconds (a fifth
+as many of those). Each repeat runs the same ``imap`` twice, once plain and
 once taking the state after every result, in alternating order so that a drift of the machine
 touches both alike. Printed per stream: the medians of the two throughputs, the median of the
 ratio within each pair, the spread of the plain runs, the median of the pairs' ratio of the CPU
@@ -31,11 +32,22 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("P
 
 from pythonflow import pfmq  # noqa: E402
 
-#: What the workers evaluate, the request for number ``i`` and the result it gives.
+
+def busy_neg(x: int) -> int:
+    """Return ``-x`` after computing for 50 microseconds."""
+    until = time.perf_counter() + 50e-6
+    while time.perf_counter() < until:
+        pass
+    return -x
+
+
+#: What the workers evaluate, the request for number ``i``, the result it gives, and how many
+#: times fewer than ``--requests`` its streams have.
 TARGETS = {
-    "function": (operator.neg, lambda i: i, lambda i: -i),
+    "function": (operator.neg, lambda i: i, lambda i: -i, 1),
     "graph": ("pythonflow.pfmq.bench.suite:build_graph",
-              lambda i: {"fetches": "z", "context": {"x": i, "y": 2}}, lambda i: i / 2),
+              lambda i: {"fetches": "z", "context": {"x": i, "y": 2}}, lambda i: i / 2, 1),
+    "50us": (busy_neg, lambda i: i, lambda i: -i, 5),
 }
 
 
@@ -97,14 +109,15 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     args = parser.parse_args(argv)
     if args.quick:
-        args.requests, args.repeats, args.workers = 2_000, 2, 1
+        args.requests, args.repeats, args.workers = 1_000, 1, 1
     print(f"state_dict() at every step: {args.requests} tiny requests per stream, "
           f"{args.workers} worker processes, {args.repeats} interleaved repeats, medians")
     print(f"{'target':<9} {'stream':<10} {'plain/s':>9} {'state/s':>9} {'ratio':>6} "
           f"{'spread':>7} {'cpu':>6} {'call':>7} {'of result':>9}")
-    for name, (target, request, result) in TARGETS.items():
-        requests = [request(i) for i in range(args.requests)]
-        expected = sum(result(i) for i in range(args.requests))
+    for name, (target, request, result, fewer) in TARGETS.items():
+        count = max(100, args.requests // fewer)
+        requests = [request(i) for i in range(count)]
+        expected = sum(result(i) for i in range(count))
         with pfmq.LocalCluster(target, num_workers=args.workers) as cluster:
             for ordered in (True, False):
                 row = measure(cluster, requests, expected, args.repeats, ordered)

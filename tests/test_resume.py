@@ -325,8 +325,9 @@ def test_the_benchmark_runs_and_prints_a_row_per_stream():
             process.wait(5)
     assert process.returncode == 0, err
     rows = [line.split() for line in out.splitlines()
-            if line.startswith(("function ", "graph "))]
-    assert [row[:2] for row in rows] == [["function", "ordered"], ["function", "unordered"],
-                                         ["graph", "ordered"], ["graph", "unordered"]]
+            if line.startswith(("function ", "graph ", "50us "))]
+    assert [row[:2] for row in rows] == [[target, stream]
+                                         for target in ("function", "graph", "50us")
+                                         for stream in ("ordered", "unordered")]
     for row in rows:
         assert float(row[2]) > 0 and float(row[3]) > 0 and float(row[4]) > 0
