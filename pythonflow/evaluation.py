@@ -10,10 +10,10 @@ lazy operations to :func:`evaluate`.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Container, Generator, MutableMapping, Optional
+from typing import Any, Callable, Generator, MutableMapping, Optional
 
 __all__ = ["EvaluationError", "Node", "annotate_error", "argument_values", "cycle_error",
-           "evaluate", "find_operations", "push_missing_inputs", "resolve", "resolve_lazily"]
+           "evaluate", "find_operations", "resolve", "resolve_lazily"]
 
 
 class EvaluationError(RuntimeError):
@@ -235,42 +235,6 @@ def cycle_error(operation: Node) -> RuntimeError:
     return RuntimeError(f"{operation!r} depends on itself")
 
 
-def push_missing_inputs(operation: Node, known: Container, expanded: set, stack: list) -> bool:
-    """
-    Push the inputs of `operation` that are not `known` onto `stack`, the first one on top.
-
-    Parameters
-    ----------
-    operation : Operation
-        Operation about to be evaluated.
-    known : Container
-        Operations that have values.
-    expanded : set
-        Operations whose inputs have been pushed before; `operation` is added if it is pushed.
-    stack : list
-        Stack of operations to evaluate, the next on top.
-
-    Returns
-    -------
-    pushed : bool
-        Whether any input was missing.
-
-    Raises
-    ------
-    RuntimeError
-        If inputs of `operation` are missing after they were pushed: it depends on itself.
-    """
-    missing = [item for item in operation._inputs if item not in known]
-    if not missing:
-        return False
-    if operation in expanded:
-        raise cycle_error(operation)
-    expanded.add(operation)
-    missing.reverse()
-    stack.extend(missing)
-    return True
-
-
 def evaluate(operations: list, context: MutableMapping,
              callback: Optional[Callable] = None) -> None:
     """
@@ -295,8 +259,16 @@ def evaluate(operations: list, context: MutableMapping,
         if operation in context:
             stack.pop()
             continue
-        if operation._inputs and push_missing_inputs(operation, context, expanded, stack):
-            continue  # evaluate them first, then come back to this operation
+        inputs = operation._inputs
+        if inputs:
+            missing = [item for item in inputs if item not in context]
+            if missing:  # evaluate them first, then come back to this operation
+                if operation in expanded:
+                    raise cycle_error(operation)
+                expanded.add(operation)
+                missing.reverse()  # the first input is evaluated first
+                stack.extend(missing)
+                continue
         error = _step(operation, context, callback, suspended, stack)
         if error is not None:
             # Raising here, outside the `except` block that caught the error, keeps the error's

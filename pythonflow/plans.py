@@ -23,19 +23,22 @@ from __future__ import annotations
 
 import keyword
 import threading
+from types import CodeType, FunctionType
 from typing import Any, Callable, Optional
 
 from .evaluation import (
     Node,
     annotate_error,
     argument_values,
+    cycle_error,
     evaluate,
-    push_missing_inputs,
     resolve,
 )
 
-__all__ = ["MAX_COMPILED_STEPS", "Plan", "order_operations"]
+__all__ = ["GENERIC_RUNS", "MAX_COMPILED_STEPS", "Plan", "order_operations"]
 
+# Evaluations a plan runs with generic calls before it specialises (see `Plan`).
+GENERIC_RUNS = 1
 # Plans of at most this many renames and operations, none of them lazy, run as one generated
 # function; longer ones would take longer to compile than the loop saves.
 MAX_COMPILED_STEPS = 64
@@ -69,21 +72,29 @@ def order_operations(outputs: list, known: set) -> list:
     RuntimeError
         If an operation depends on itself.
     """
-    # The same walk as the evaluator's, on an explicit stack so that long chains do not recurse.
+    # Depth first on an explicit stack of (operation, iterator over its inputs), so that long
+    # chains do not recurse; `path` holds the operations on the stack, to find cycles.
     done = set(known)
-    expanded = set()
     order = []
-    stack = list(reversed(outputs))
-    while stack:
-        operation = stack[-1]
-        if operation in done:
-            stack.pop()
+    for output in outputs:
+        if output in done:
             continue
-        if push_missing_inputs(operation, done, expanded, stack):
-            continue
-        stack.pop()
-        done.add(operation)
-        order.append(operation)
+        stack = [(output, iter(output._inputs))]
+        path = {output}
+        while stack:
+            operation, inputs = stack[-1]
+            for item in inputs:
+                if item not in done:
+                    if item in path:
+                        raise cycle_error(item)
+                    path.add(item)
+                    stack.append((item, iter(item._inputs)))
+                    break
+            else:  # every input has its value: this operation is next
+                stack.pop()
+                path.discard(operation)
+                done.add(operation)
+                order.append(operation)
     return order
 
 
@@ -91,8 +102,11 @@ class Plan:
     """
     Evaluation of fixed fetches from a context with fixed keys, worked out in advance.
 
-    Plans are immutable once made, so several threads can run one at the same time, each with
-    its own context.
+    A plan is first run with a generic call of each operation, which costs little to set up. Run
+    again, it specialises: it makes a caller for each operation, or compiles a small plan into
+    one function, so that a plan in use costs little more than calling its functions. Several
+    threads can run one plan at the same time, each with its own context; specialising twice
+    when two threads reuse a plan together does no harm.
 
     Parameters
     ----------
@@ -110,28 +124,42 @@ class Plan:
     run : callable
         ``run(context, callback=None)`` renames the keys of `context` and evaluates in it, filling
         it in place, and returns the fetched value(s). `context` must be a dict with exactly the
-        keys the plan was made for; `callback` is as in :meth:`pythonflow.Graph.apply`. Small
-        plans without lazy operations run as one generated function (see :func:`_compile_plan`),
-        the others step by step (:meth:`interpret`).
+        keys the plan was made for; `callback` is as in :meth:`pythonflow.Graph.apply`.
     """
 
-    __slots__ = ("renames", "outputs", "single", "steps", "lazy", "run")
+    __slots__ = ("renames", "outputs", "single", "order", "callers", "lazy", "uses", "run")
 
     def __init__(self, renames: list, outputs: list, single: bool, order: list) -> None:
         self.renames = tuple(renames)
         self.outputs = outputs[0] if single else tuple(outputs)
         self.single = single
-        # A lazy operation has no calling function (None): the evaluator runs its generator.
-        self.steps = tuple((op, None if op._lazy else _caller(op)) for op in order)
-        self.lazy = any(op._lazy for op in order)
+        self.order = tuple(order)
+        # One caller per operation, `caller(operation, context)`; None for lazy operations,
+        # whose generators the evaluator runs.
+        self.callers = tuple(None if op._lazy else _call_generic for op in order)
+        self.lazy = None in self.callers
+        self.uses = 0
+        self.run = self._run_generic
+
+    def _run_generic(self, context: dict, callback: Optional[Callable] = None) -> Any:
+        # Only plans that are reused pay for making callers and compiling. The count is not
+        # exact when threads share the plan, which only moves the moment of specialising.
+        self.uses += 1
+        if self.uses > GENERIC_RUNS:
+            self._specialise()
+            return self.run(context, callback)
+        return self.interpret(context, callback)
+
+    def _specialise(self) -> None:
+        self.callers = tuple(None if op._lazy else _caller(op) for op in self.order)
         compiled = None
-        if not self.lazy and len(self.steps) + len(self.renames) <= MAX_COMPILED_STEPS:
+        if not self.lazy and len(self.order) + len(self.renames) <= MAX_COMPILED_STEPS:
             compiled = _compile_plan(self)
         self.run = compiled or self.interpret
 
     def interpret(self, context: dict, callback: Optional[Callable] = None) -> Any:
         """
-        Evaluate the plan step by step; the same as :attr:`run`.
+        Evaluate the plan step by step; what :attr:`run` does unless the plan is compiled.
 
         Parameters
         ----------
@@ -149,8 +177,8 @@ class Plan:
             context[operation] = context.pop(name)
         if callback is None and not self.lazy:
             try:
-                for operation, call in self.steps:
-                    context[operation] = call(context)
+                for operation, call in zip(self.order, self.callers):
+                    context[operation] = call(operation, context)
             except Exception as exc:  # the loop variable names the operation that failed
                 annotate_error(exc, operation)
                 raise
@@ -164,7 +192,7 @@ class Plan:
         # Lazy operations evaluate what they ask for into the context, so once one has run, any
         # later operation may already have its value.
         check = False
-        for operation, call in self.steps:
+        for operation, call in zip(self.order, self.callers):
             if check and operation in context:
                 continue
             if call is None:
@@ -173,11 +201,11 @@ class Plan:
                 continue
             try:
                 if callback is None:
-                    value = call(context)
+                    value = call(operation, context)
                 else:
                     value = None  # stays None if the callback's context manager swallows an error
                     with callback(operation, context):
-                        value = call(context)
+                        value = call(operation, context)
             except Exception as exc:
                 annotate_error(exc, operation)
                 raise
@@ -213,7 +241,7 @@ def _compile_plan(plan: Plan) -> Optional[Callable]:
     for name, operation in plan.renames:
         local[operation] = f"v{len(local)}"
         lines.append(f"    {local[operation]} = c[{bind(operation)}] = c.pop({bind(name)})")
-    for operation, _ in plan.steps:
+    for operation in plan.order:
         arguments = _argument_sources(operation, read)
         if arguments is None:
             return None
@@ -253,15 +281,20 @@ def _shape(operation: Node) -> Optional[tuple]:
     The kinds are "o" for an operation (read from the context), "r" for a container of them
     (resolved) and "c" for anything else (passed as it is).
     """
-    slots = operation._arg_slots
-    kinds = tuple(_kind(value) if index in slots else "c"
-                  for index, value in enumerate(operation.args))
+    # This runs for every operation of a plan that specialises: only the slots can hold
+    # operations, and most operations have no keywords.
+    args = operation.args
+    kinds = ["c"] * len(args)
+    for index in operation._arg_slots:
+        kinds[index] = "o" if isinstance(args[index], Node) else "r"
+    if not operation.kwargs:
+        return tuple(kinds), ()
     keywords = []
     for key, value in operation.kwargs.items():
         if not (isinstance(key, str) and key.isidentifier() and not keyword.iskeyword(key)):
             return None
         keywords.append((key, _kind(value) if key in operation._kwarg_slots else "c"))
-    return kinds, tuple(keywords)
+    return tuple(kinds), tuple(keywords)
 
 
 def _kind(value: Any) -> str:
@@ -273,40 +306,43 @@ def _calls_target(operation: Node) -> bool:
     return getattr(type(operation)._evaluate, "_pf_calls_target", False)
 
 
-def _caller(operation: Node) -> Callable[[dict], Any]:
-    """Return a function computing the value of `operation` from a context with its inputs."""
+def _caller(operation: Node) -> Callable[[Node, dict], Any]:
+    """Return ``caller(operation, context)`` computing the value of `operation` from its inputs."""
     shape = _shape(operation)
     if shape is None or len(shape[0]) + len(shape[1]) > _MAX_SHAPE_ARGUMENTS:
-        return _generic_caller(operation)
-    factory = _shapes.get(shape) or _compile_shape(shape)
-    if factory is None:
-        return _generic_caller(operation)
+        return _call_generic
+    code = _shapes.get(shape) or _compile_shape(shape)
+    if code is None:
+        return _call_generic
     function = operation.target if _calls_target(operation) else operation._evaluate
-    return factory(function, *operation.args, *operation.kwargs.values())
+    # The function and the arguments become the defaults of the caller's trailing parameters:
+    # one function object and one tuple per operation, cheaper to make than a closure.
+    defaults = (function, *operation.args, *operation.kwargs.values())
+    return FunctionType(code, _SHAPE_GLOBALS, "call", defaults)
 
 
-def _compile_shape(shape: tuple) -> Optional[Callable]:
-    """Compile ``make(function, *arguments)`` returning a caller for one shape of arguments."""
+_SHAPE_GLOBALS = {"resolve": resolve}
+
+
+def _compile_shape(shape: tuple) -> Optional[CodeType]:
+    """Compile the code of callers for one shape of arguments."""
     kinds, keywords = shape
     names = [f"a{index}" for index in range(len(kinds) + len(keywords))]
     reads = {"o": "c[{}]", "r": "resolve({}, c)", "c": "{}"}
     arguments = [reads[kind].format(name) for kind, name in zip(kinds, names)]
     arguments += [f"{key}={reads[kind].format(name)}"
                   for (key, kind), name in zip(keywords, names[len(kinds):])]
-    source = (f"def make(function, {''.join(name + ', ' for name in names)}):\n"
-              f"    def call(c):\n"
-              f"        return function({', '.join(arguments)})\n"
-              f"    return call\n")
-    namespace = {"resolve": resolve}
+    source = (f"def call(op, c, function, {''.join(name + ', ' for name in names)}):\n"
+              f"    return function({', '.join(arguments)})\n")
+    namespace = dict(_SHAPE_GLOBALS)
     exec(compile(source, "<pythonflow plan>", "exec"), namespace)  # noqa: S102 - fixed tokens only
     with _shapes_lock:
         if len(_shapes) >= _MAX_SHAPES:
             return None
-        return _shapes.setdefault(shape, namespace["make"])
+        return _shapes.setdefault(shape, namespace["call"].__code__)
 
 
-def _generic_caller(operation: Node) -> Callable[[dict], Any]:
-    def call(context: dict) -> Any:
-        args, kwargs = argument_values(operation, context)
-        return operation._evaluate(*args, **kwargs)
-    return call
+def _call_generic(operation: Node, context: dict) -> Any:
+    """Compute the value of any operation whose inputs have values in `context`."""
+    args, kwargs = argument_values(operation, context)
+    return operation._evaluate(*args, **kwargs)
