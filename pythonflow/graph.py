@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from .errors import ForeignOperationError, InvalidTypeError
 from .evaluation import Node
-from .plans import Plan, order_operations
+from .plans import Plan
 from .scopes import graph_stack
 
 if TYPE_CHECKING:  # pragma: no cover - for annotations only, so no import cycle at run time
@@ -310,6 +310,13 @@ class Graph:
     # noticeable part of evaluating a small graph.
     __call__ = apply
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass overriding `apply` is called through its override, as if `__call__`
+        # called `self.apply`.
+        super().__init_subclass__(**kwargs)
+        if "apply" in cls.__dict__ and "__call__" not in cls.__dict__:
+            cls.__call__ = cls.__dict__["apply"]
+
     def _make_plan(self, fetches: Any, key: Any, context: MutableMapping) -> Plan:
         """Make the plan evaluating `fetches` from a context with the keys of `context`."""
         version = self._version
@@ -331,7 +338,7 @@ class Graph:
         else:
             raise InvalidTypeError(f"`fetches` must be an operation, a name or a sequence of "
                                    f"them, not {type(fetches).__name__}")
-        plan = Plan(renames, outputs, single, order_operations(outputs, known))
+        plan = Plan(renames, outputs, single, known)
         if _can_key_plan(key):
             with self._lock:
                 if self._version == version:  # the graph has not changed meanwhile

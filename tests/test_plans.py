@@ -14,8 +14,8 @@ import types
 import pytest
 
 import pythonflow as pf
+from pythonflow import evaluation, plans
 from pythonflow import graph as graph_module
-from pythonflow import plans
 
 
 @pytest.fixture(autouse=True, params=['generic', 'interpreted', 'compiled'])
@@ -209,6 +209,22 @@ def test_subclasses_evaluate_their_own_way():
     assert [graph([doubled, joined], x=1) for _ in range(2)] == [(4, 'a-b')] * 2
 
 
+def test_calling_a_graph_subclass_goes_through_its_apply():
+    class Logged(pf.Graph):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def apply(self, fetches, context=None, *, callback=None, **kwargs):
+            self.calls.append(fetches)
+            return super().apply(fetches, context, callback=callback, **kwargs)
+
+    with Logged() as graph:
+        (pf.placeholder('x') + 1).set_name('y')
+    assert graph('y', x=1) == 2 and graph.apply('y', x=2) == 3
+    assert graph.calls == ['y', 'y']
+
+
 # Errors ----------------------------------------------------------------------------------------
 
 def test_failure_names_the_operation_and_its_line():
@@ -310,13 +326,14 @@ def test_changed_arguments_are_seen_once_prepared():
 
 def test_plan_made_while_the_graph_changes_is_not_kept(monkeypatch):
     graph = small_graph()
+    order = plans.order_operations
 
-    def order_and_change(outputs, known):
+    def order_and_change(*args):
         with graph:
             pf.constant(0)  # another thread adding an operation while the plan is made
-        return plans.order_operations(outputs, known)
+        return order(*args)
 
-    monkeypatch.setattr(graph_module, 'order_operations', order_and_change)
+    monkeypatch.setattr(plans, 'order_operations', order_and_change)
     assert graph('ratio', x=1, y=2) == 0.5
     assert graph._plans == {}
 
@@ -380,6 +397,102 @@ def test_cache_through_plans():
         cached = pf.cache(pf.func_op(compute, x), store.__getitem__, store.__setitem__, key=x)
     assert [graph(cached, x=2) for _ in range(3)] == [3] * 3
     assert compute.calls == 1
+
+
+class Events:
+    """Callback recording entries and exits, with the exception type an exit saw."""
+
+    def __init__(self):
+        self.events = []
+
+    def __call__(self, operation, context):
+        events = self.events
+
+        class Manager:
+            def __enter__(self):
+                events.append(('enter', operation.name))
+
+            def __exit__(self, kind, value, traceback):
+                events.append(('exit', operation.name, kind))
+
+        return Manager()
+
+
+def mixed_graph():
+    """A graph of lazy operations in lazy operations, with errors raised and handled."""
+    with pf.Graph() as graph:
+        x = pf.placeholder('x')
+        double = pf.mul(x, 2, name='double')
+        inverse = pf.truediv(1, x, name='inverse')
+        safe = pf.try_(inverse, [(ZeroDivisionError, pf.constant(-1, name='fallback'))],
+                       finally_=pf.identity(double, name='finally'), name='safe')
+        inner = pf.conditional(x > 1, pf.add(double, 1, name='big'), safe, name='inner')
+        outer = pf.conditional(x > -5, inner, pf.truediv(x, 0, name='never'), name='outer')
+        pf.func_op(sum, [outer, double, safe], name='total')
+        pf.truediv(outer, x, name='fragile')
+    return graph
+
+
+@pytest.mark.parametrize('x', [-9, -1, 0, 1, 3])
+@pytest.mark.parametrize('fetch', ['total', 'fragile', 'outer'])
+def test_lazy_operations_match_the_reference_evaluator(x, fetch):
+    graph = mixed_graph()
+    expected_context, expected = {graph['x']: x}, Events()
+    try:
+        evaluation.evaluate([graph[fetch]], expected_context, expected)
+        failure = None
+    except Exception as exc:  # compared with the plan's below
+        failure = (type(exc), exc.__cause__.operation_name)
+    for _ in range(3):  # generic, then specialised
+        context, events = {'x': x}, Events()
+        try:
+            graph(fetch, context, callback=events)
+            assert failure is None
+        except Exception as exc:
+            assert (type(exc), exc.__cause__.operation_name) == failure
+        assert list(context.items()) == list(expected_context.items())  # the same order too
+        assert events.events == expected.events
+        context = {'x': x}
+        try:
+            graph(fetch, context)
+        except Exception as exc:
+            assert (type(exc), exc.__cause__.operation_name) == failure
+        assert list(context.items()) == list(expected_context.items())
+
+
+def test_lazy_operations_asking_for_themselves_or_for_other_operations():
+    class Asks(pf.Operation):
+        _lazy = True
+
+        def _evaluate(self, what):
+            value = yield (self if what == 'itself' else self.graph[what])
+            return value
+
+    with pf.Graph() as graph:
+        pf.constant(5, name='elsewhere')
+        itself, elsewhere, nothing = Asks('itself'), Asks('elsewhere'), Asks('nothing')
+    for _ in range(3):
+        assert graph(elsewhere) == 5  # not an argument, so not planned: evaluated from scratch
+        with pytest.raises(RuntimeError, match='depends on itself'):
+            graph(itself)
+        with pytest.raises(KeyError, match="no operation named 'nothing'") as info:
+            graph(nothing)
+        assert info.value.__cause__.operation_name == nothing.name
+
+
+def test_lazy_operation_yielding_a_value_is_an_error():
+    class Wrong(pf.Operation):
+        _lazy = True
+
+        def _evaluate(self):
+            yield 3
+
+    with pf.Graph() as graph:
+        wrong = Wrong()
+    for _ in range(3):
+        with pytest.raises(TypeError, match='must yield operations, not int') as info:
+            graph(wrong)
+        assert info.value.__cause__.operation_name == wrong.name
 
 
 # Threads and pickles -----------------------------------------------------------------------------
