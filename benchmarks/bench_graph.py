@@ -111,7 +111,18 @@ def interleaved(contenders: dict, repeats: int) -> dict:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def small_evaluations(baseline, number: int, repeats: int) -> dict:
+def calibrate(call, seconds: float) -> int:
+    """Return how many calls of `call` take about `seconds`, at least one."""
+    number = 1
+    while True:
+        elapsed = timeit.timeit(call, number=number)
+        if elapsed >= seconds or number >= 10 ** 8:
+            return number
+        # Aim a little past the target, at most ten times further per step.
+        number = max(number + 1, int(number * min(10.0, 1.2 * seconds / max(elapsed, 1e-9))))
+
+
+def small_evaluations(baseline, seconds: float, repeats: int) -> dict:
     """Median microseconds per small evaluation: ours, the plain function, Pythonflow 0.3.0."""
     graph, fetch = build_small(pf)
     calls = {"pythonflow": lambda: graph(fetch, {"x": 1, "y": 2}),
@@ -119,10 +130,14 @@ def small_evaluations(baseline, number: int, repeats: int) -> dict:
     if baseline is not None:
         old_graph, old_fetch = build_small(baseline)
         calls["pythonflow 0.3.0"] = lambda: old_graph(old_fetch, {"x": 1, "y": 2})
-    for call in calls.values():
+    contenders = {}
+    for name, call in calls.items():
         assert call() == 0.5
-    contenders = {name: (lambda call=call: timeit.timeit(call, number=number) / number * 1e6)
-                  for name, call in calls.items()}
+        # Each sample lasts about as long for every contender, so that pauses of a busy machine
+        # hit them alike.
+        number = calibrate(call, seconds)
+        contenders[name] = (lambda call=call, number=number:
+                            timeit.timeit(call, number=number) / number * 1e6)
     return interleaved(contenders, repeats)
 
 
@@ -202,8 +217,8 @@ def main(argv=None) -> dict:
                         f"${ENVIRONMENT_VARIABLE})")
     parser.add_argument("--size", type=int, default=10000, help="operations of large graphs")
     parser.add_argument("--repeats", type=int, default=7, help="samples of each contender")
-    parser.add_argument("--number", type=int, default=20000,
-                        help="small evaluations per sample")
+    parser.add_argument("--sample-seconds", type=float, default=0.05,
+                        help="duration of each sample of small evaluations")
     args = parser.parse_args(argv)
 
     baseline = None
@@ -214,7 +229,7 @@ def main(argv=None) -> dict:
     else:
         print(f"baseline: Pythonflow 0.3.0 ABSENT (pass --pythonflow-030 PATH or set "
               f"{ENVIRONMENT_VARIABLE}); comparisons with it are skipped")
-    small = small_evaluations(baseline, args.number, args.repeats)
+    small = small_evaluations(baseline, args.sample_seconds, args.repeats)
     large = _in_deep_thread(large_evaluations, baseline, args.size, args.repeats)
     report(small, large)
     return {"small": small, "large": large}

@@ -23,13 +23,17 @@ from typing import Any, Callable, Container, Iterable, Optional
 from .callers import call_generic, compile_plan, make_caller
 from .evaluation import Node, annotate_error, cycle_error, evaluate, find_operations
 
-__all__ = ["GENERIC_RUNS", "MAX_COMPILED_STEPS", "Plan", "order_operations"]
+__all__ = ["GENERIC_RUNS", "MAX_COMPILED_STEPS", "MAX_REQUEST_STEPS", "Plan", "order_operations",
+           "run_steps"]
 
 # Evaluations a plan runs with generic calls before it specialises (see `Plan`).
 GENERIC_RUNS = 1
 # Plans of at most this many renames and operations, none of them lazy, run as one generated
 # function; longer ones would take longer to compile than the loop saves.
 MAX_COMPILED_STEPS = 64
+# Lazy operations whose requests share much of the graph would repeat it in each of their lists:
+# past this many steps in all, the remaining ones are left to the evaluator.
+MAX_REQUEST_STEPS = 100_000
 
 
 def order_operations(outputs: Iterable, known: Container, available: Container = ()) -> list:
@@ -138,24 +142,32 @@ class Plan:
         return self.interpret(context, callback)
 
     def _specialise(self) -> None:
-        callers = {}  # shared by the steps of the plan and of its lazy operations' requests
+        callers = {op: None if op._lazy else make_caller(op) for op in self.order}
+        if self.lazy:
+            self.requests = self._requests(callers)
+        self.callers = tuple(callers[op] for op in self.order)
+        self.run = (None if self.lazy else compile_plan(self, MAX_COMPILED_STEPS)) or self.interpret
 
+    def _requests(self, callers: dict) -> dict:
+        """Return, for each lazy operation, the steps each thing it may ask for needs."""
         def steps(order: list) -> tuple:
             for op in order:
-                if op not in callers:
+                if op not in callers:  # shared by the lists of several lazy operations
                     callers[op] = None if op._lazy else make_caller(op)
             return tuple((op, callers[op]) for op in order)
 
         requests = {}
         available = set()  # the operations evaluated before the one at hand
+        budget = MAX_REQUEST_STEPS
         for op in self.order:
-            if op._lazy:
-                requests[op] = {item: steps(order_operations([item], self.known, available))
-                                for item in find_operations((op.args, op.kwargs))}
+            if op._lazy and budget > 0:
+                orders = {item: order_operations([item], self.known, available)
+                          for item in find_operations((op.args, op.kwargs))}
+                budget -= sum(map(len, orders.values()))
+                if budget >= 0:  # else the evaluator works out what this operation asks for
+                    requests[op] = {item: steps(order) for item, order in orders.items()}
             available.add(op)
-        self.requests = requests
-        self.callers = tuple(step[1] for step in steps(self.order))
-        self.run = (None if self.lazy else compile_plan(self, MAX_COMPILED_STEPS)) or self.interpret
+        return requests
 
     def interpret(self, context: dict, callback: Optional[Callable] = None) -> Any:
         """

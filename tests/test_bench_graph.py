@@ -16,7 +16,7 @@ def bench():
     return module
 
 
-TINY = ['--size', '300', '--repeats', '2', '--number', '20']
+TINY = ['--size', '300', '--repeats', '2', '--sample-seconds', '0.001']
 
 
 def test_tiny_run_reports_every_comparison_without_the_baseline(bench, capsys, monkeypatch):

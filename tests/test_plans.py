@@ -435,7 +435,9 @@ def mixed_graph():
 
 @pytest.mark.parametrize('x', [-9, -1, 0, 1, 3])
 @pytest.mark.parametrize('fetch', ['total', 'fragile', 'outer'])
-def test_lazy_operations_match_the_reference_evaluator(x, fetch):
+@pytest.mark.parametrize('budget', [plans.MAX_REQUEST_STEPS, 3, 0])
+def test_lazy_operations_match_the_reference_evaluator(x, fetch, budget, monkeypatch):
+    monkeypatch.setattr(plans, 'MAX_REQUEST_STEPS', budget)  # past it, the evaluator works
     graph = mixed_graph()
     expected_context, expected = {graph['x']: x}, Events()
     try:
