@@ -24,8 +24,9 @@ __all__ = ["call_generic", "compile_plan", "make_caller"]
 # their own, which keeps the number of compiled shapes small.
 _MAX_SHAPE_ARGUMENTS = 8
 _MAX_SHAPES = 512
-_shapes: dict = {}
+_shapes: dict = {}  # shape -> code of its callers
 _shapes_lock = threading.Lock()
+_SHAPE_GLOBALS = {"resolve": resolve}
 
 
 def compile_plan(plan: Any, max_steps: int) -> Optional[Callable]:
@@ -164,9 +165,6 @@ def make_caller(operation: Node) -> Callable[[Node, dict], Any]:
     # one function object and one tuple per operation, cheaper to make than a closure.
     defaults = (function, *operation.args, *operation.kwargs.values())
     return FunctionType(code, _SHAPE_GLOBALS, "call", defaults)
-
-
-_SHAPE_GLOBALS = {"resolve": resolve}
 
 
 def _compile_shape(shape: tuple) -> Optional[CodeType]:
