@@ -290,6 +290,21 @@ def test_long_chain_without_recursion_with_and_without_callback():
     assert len(recorder.names) == 10000
 
 
+def test_deeply_nested_lazy_operations_without_recursion():
+    with pf.Graph() as graph:
+        x = pf.placeholder('x')
+        value = x
+        for _ in range(1000):
+            value = pf.conditional(x > 0, value + 1, value - 1)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(200)
+    try:
+        assert [graph(value, x=1) for _ in range(3)] == [1001] * 3
+        assert graph(value, x=-1) == -1001
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 # Changes to the graph ----------------------------------------------------------------------------
 
 def test_operation_added_after_an_evaluation_is_seen(made):
