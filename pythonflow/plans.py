@@ -15,6 +15,11 @@ until the graph changes. A plan holds:
   beyond what the plan has evaluated before it. The plan runs the lazy operation's generator,
   evaluates what it asks for from those lists, skipping what is already known, and throws
   errors in. Operations after a lazy one are skipped if it has evaluated them already.
+
+A plan reads the functions and arguments of its operations when it specialises. Operations do
+not change once created; code that changes one anyway (its ``args``, say) must prepare it again
+with ``operation._prepare()``, which, like adding or renaming an operation, drops the graph's
+plans.
 """
 from __future__ import annotations
 
