@@ -5,6 +5,7 @@ evaluation), specialised step by step, and compiled into one function (small pla
 second evaluation on); each keeps Pythonflow's semantics.
 """
 import collections
+import contextlib
 import operator
 import pickle
 import sys
@@ -62,15 +63,7 @@ class Recorder:
 
     def __call__(self, operation, context):
         self.names.append(operation.name)
-        return _Nothing()
-
-
-class _Nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        return False
+        return contextlib.nullcontext()
 
 
 def small_graph():
