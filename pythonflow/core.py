@@ -141,6 +141,8 @@ class Operation(Node):
                     f"{type(self).__name__}: operations of two graphs cannot be combined")
         # Lazy operations ask for their arguments while they run.
         self._inputs = tuple(self.dependencies if self._lazy else inputs)
+        if "_name" in self.__dict__:  # prepared again after joining the graph: plans are stale
+            self.graph._changed()
 
     def _default_name(self) -> str:
         return type(self).__name__
@@ -330,6 +332,10 @@ class func_op(Operation):  # noqa: N801 - lower case to match Pythonflow's publi
 
     def _evaluate(self, *args: Any, **kwargs: Any) -> Any:
         return self.target(*args, **kwargs)
+
+    # Tells evaluation plans (pythonflow.plans) that they may call `target` directly; subclasses
+    # overriding `_evaluate` do not inherit the mark.
+    _evaluate._pf_calls_target = True
 
 
 def opmethod(target: Optional[Callable] = None, **kwargs: Any) -> Callable:

@@ -4,14 +4,16 @@ The evaluator keeps an explicit stack instead of recursing into the arguments of
 the depth of a graph is limited by memory, not by Python's recursion limit. Lazy operations
 (`conditional`, `try_`, `cache`, ...) are generators: they yield the operations they need one at
 a time and the evaluator pushes those on its stack, sends the values back and throws errors in.
+:class:`~pythonflow.Graph` evaluates through the plans of :mod:`pythonflow.plans`, which hand
+lazy operations to :func:`evaluate`.
 """
 from __future__ import annotations
 
 import copy
 from typing import Any, Callable, Generator, MutableMapping, Optional
 
-__all__ = ["EvaluationError", "Node", "evaluate", "find_operations", "resolve",
-           "resolve_lazily"]
+__all__ = ["EvaluationError", "Node", "annotate_error", "argument_values", "cycle_error",
+           "evaluate", "find_operations", "resolve", "resolve_lazily"]
 
 
 class EvaluationError(RuntimeError):
@@ -171,9 +173,20 @@ def _describe(operation: Node) -> EvaluationError:
     return EvaluationError(message, operation.name, location)
 
 
-def _annotate(exc: BaseException, operation: Node) -> None:
-    # The user keeps catching the original exception type; the operation that raised it is
-    # named by its cause. An existing cause or context is kept one link further down the chain.
+def annotate_error(exc: BaseException, operation: Node) -> None:
+    """
+    Make an :class:`EvaluationError` naming `operation` the cause of `exc`.
+
+    The user keeps catching the original exception type; the operation that raised it is named
+    by its cause. An existing cause or context is kept one link further down the chain.
+
+    Parameters
+    ----------
+    exc : BaseException
+        Error raised by evaluating `operation`; changed in place.
+    operation : Operation
+        The operation that failed.
+    """
     error = _describe(operation)
     error.__cause__ = exc.__cause__
     error.__context__ = exc.__context__
@@ -182,7 +195,8 @@ def _annotate(exc: BaseException, operation: Node) -> None:
     exc.__suppress_context__ = True
 
 
-def _arguments(operation: Node, context: MutableMapping) -> tuple:
+def argument_values(operation: Node, context: MutableMapping) -> tuple:
+    """Return ``(args, kwargs)`` of `operation` with their values from `context`."""
     args = operation.args
     if operation._arg_slots:
         args = list(args)
@@ -216,7 +230,8 @@ class _Passthrough(Exception):
         self.error = error
 
 
-def _cycle_error(operation: Node) -> RuntimeError:
+def cycle_error(operation: Node) -> RuntimeError:
+    """Return the :class:`RuntimeError` saying that `operation` depends on itself."""
     return RuntimeError(f"{operation!r} depends on itself")
 
 
@@ -249,7 +264,7 @@ def evaluate(operations: list, context: MutableMapping,
             missing = [item for item in inputs if item not in context]
             if missing:  # evaluate them first, then come back to this operation
                 if operation in expanded:
-                    raise _cycle_error(operation)
+                    raise cycle_error(operation)
                 expanded.add(operation)
                 missing.reverse()  # the first input is evaluated first
                 stack.extend(missing)
@@ -272,7 +287,7 @@ def _step(operation: Node, context: MutableMapping, callback: Optional[Callable]
         if operation._lazy:
             _resume(operation, context, callback, suspended, stack)
             return None
-        args, kwargs = _arguments(operation, context)
+        args, kwargs = argument_values(operation, context)
         if callback is None:
             value = operation._evaluate(*args, **kwargs)
         else:
@@ -283,7 +298,7 @@ def _step(operation: Node, context: MutableMapping, callback: Optional[Callable]
     except _Passthrough as passthrough:
         return passthrough.error
     except Exception as exc:  # handed to the lazy operations below unless one handles it
-        _annotate(exc, operation)
+        annotate_error(exc, operation)
         return exc
     stack.pop()
     return None
@@ -299,7 +314,7 @@ def _resume(operation: Node, context: MutableMapping, callback: Optional[Callabl
     elif state.awaited in context:
         argument = context[state.awaited]
     else:  # what it asked for is above it on the stack, so it asked for itself
-        raise _cycle_error(operation)
+        raise cycle_error(operation)
     _advance(operation, state, context, stack, suspended, state.generator.send, argument)
 
 
@@ -362,7 +377,7 @@ def _unwind(error: Exception, context: MutableMapping, suspended: dict, stack: l
         except _Passthrough as passthrough:
             error = passthrough.error
         except Exception as exc:  # the lazy operation raised an error of its own
-            _annotate(exc, operation)
+            annotate_error(exc, operation)
             error = exc
         stack.pop()
     return False

@@ -12,15 +12,19 @@ import threading
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from . import evaluation
 from .errors import ForeignOperationError, InvalidTypeError
 from .evaluation import Node
+from .plans import Plan
 from .scopes import graph_stack
 
 if TYPE_CHECKING:  # pragma: no cover - for annotations only, so no import cycle at run time
     from .core import Operation
 
 __all__ = ["Graph"]
+
+# Plans kept per graph; past this many, the cache starts afresh (a program that evaluates ever
+# new combinations of fetches and context keys should not grow without bound).
+_MAX_PLANS = 256
 
 
 def _sanitize_name(name: str) -> str:
@@ -54,6 +58,19 @@ class Graph:
         self.operations: dict[str, Operation] = {}
         self._lock = threading.Lock()
         self._count = 0
+        self._reset_plans()
+
+    def _reset_plans(self) -> None:
+        # Plans keyed by fetches, then by the tuple of context keys. Every change to the graph
+        # bumps the version and replaces the cache; a plan made meanwhile is then not stored.
+        self._plans: dict = {}
+        self._plan_count = 0
+        self._version = getattr(self, "_version", 0) + 1
+
+    def _changed(self) -> None:
+        """Forget the plans made so far: an operation was added or renamed or its inputs changed."""
+        with self._lock:
+            self._reset_plans()
 
     # Graph construction --------------------------------------------------------------------------
 
@@ -128,6 +145,7 @@ class Graph:
         operation._name = name
         operation._automatic_name = automatic
         self.operations[name] = operation
+        self._reset_plans()
 
     def _rename(self, operation: Operation, name: str) -> None:
         if not isinstance(name, str):
@@ -276,26 +294,68 @@ class Graph:
         -------
         values : object or tuple
             The value of `fetches` if it is a single operation or name, else a tuple of values.
+
+        Notes
+        -----
+        What an evaluation has to do depends only on the fetches and on which keys the context
+        has, so the graph keeps an execution plan for each such combination (see
+        :mod:`pythonflow.plans`) and reuses it until an operation is added or renamed. Passing
+        contexts with the same keys, in the same order, evaluates at little more than the cost
+        of the functions of the graph.
         """
-        context = self.normalize_context(context, **kwargs)
+        # The common case costs two dictionary look-ups: a plan made for these fetches and these
+        # context keys (see pythonflow.plans) renames the keys in place and evaluates.
+        if kwargs or type(context) is not dict:
+            context = self.normalize_context(context, **kwargs)
+        key = tuple(fetches) if type(fetches) is list else fetches
+        try:
+            plan = self._plans[key][tuple(context)]
+        except (KeyError, TypeError):  # no plan yet, or fetches that cannot key one (a set)
+            plan = self._make_plan(fetches, key, context)
+        return plan.run(context, callback)
+
+    # Calling the graph is `apply` itself, not a method calling it: that call would be a
+    # noticeable part of evaluating a small graph.
+    __call__ = apply
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A subclass overriding `apply` is called through its override, as if `__call__`
+        # called `self.apply`.
+        super().__init_subclass__(**kwargs)
+        if "apply" in cls.__dict__ and "__call__" not in cls.__dict__:
+            cls.__call__ = cls.__dict__["apply"]
+
+    def _make_plan(self, fetches: Any, key: Any, context: MutableMapping) -> Plan:
+        """Make the plan evaluating `fetches` from a context with the keys of `context`."""
+        version = self._version
+        keys = tuple(context)
+        # Checking every key and fetch first leaves the context untouched if one is wrong.
+        self.normalize_context(dict.fromkeys(keys))
+        known = set()
+        renames = []
+        for item in keys:
+            operation = self.normalize_operation(item)
+            known.add(operation)
+            if operation is not item:
+                renames.append((item, operation))
         single = isinstance(fetches, (str, Node))
         if single:
-            operations = [self.normalize_operation(fetches)]
+            outputs = [self.normalize_operation(fetches)]
         elif isinstance(fetches, Iterable):
-            operations = [self.normalize_operation(fetch) for fetch in fetches]
+            outputs = [self.normalize_operation(fetch) for fetch in fetches]
         else:
             raise InvalidTypeError(f"`fetches` must be an operation, a name or a sequence of "
                                    f"them, not {type(fetches).__name__}")
-        evaluation.evaluate(operations, context, callback)
-        if single:
-            return context[operations[0]]
-        return tuple(context[operation] for operation in operations)
-
-    def __call__(self, fetches: Union[Operation, str, Iterable[Union[Operation, str]]],
-                 context: Optional[Mapping] = None, *,
-                 callback: Optional[Callable] = None, **kwargs: Any) -> Any:
-        """Evaluate operations; the same as :meth:`apply`."""
-        return self.apply(fetches, context, callback=callback, **kwargs)
+        plan = Plan(renames, outputs, single, known)
+        if _can_key_plan(key):
+            with self._lock:
+                if self._version == version:  # the graph has not changed meanwhile
+                    if self._plan_count >= _MAX_PLANS:
+                        self._plans = {}
+                        self._plan_count = 0
+                    self._plans.setdefault(key, {})[keys] = plan
+                    self._plan_count += 1
+        return plan
 
     # Pickling ------------------------------------------------------------------------------------
 
@@ -309,9 +369,18 @@ class Graph:
         self.operations = dict(state["operations"])
         self._count = state["count"]
         self._lock = threading.Lock()
+        self._reset_plans()  # plans are never pickled: they are made again on demand
 
     def __repr__(self) -> str:
         return f"<pf.Graph with {len(self.operations)} operations>"
+
+
+def _can_key_plan(key: Any) -> bool:
+    # Only names, operations and tuples of them: a generator or an iterator of fetches is
+    # consumed by the first evaluation and must not keep a plan alive under its identity.
+    if type(key) is tuple:
+        return all(type(item) is str or isinstance(item, Node) for item in key)
+    return type(key) is str or isinstance(key, Node)
 
 
 def _given_twice(operation: Operation, how: str) -> ValueError:

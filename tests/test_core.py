@@ -447,8 +447,8 @@ def test_threads_evaluate_one_graph_concurrently():
 # The shape of the code: what readers, IDEs and Sphinx see ---------------------------------------
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(pf.__file__))
-CORE_MODULES = ['caching', 'core', 'errors', 'evaluation', 'graph', 'operations', 'scopes', 'util',
-                'wrappers']
+CORE_MODULES = ['caching', 'callers', 'core', 'errors', 'evaluation', 'graph', 'operations',
+                'plans', 'scopes', 'util', 'wrappers']
 OPERATOR_METHODS = {
     '__add__', '__sub__', '__mul__', '__truediv__', '__floordiv__', '__mod__', '__divmod__',
     '__pow__', '__matmul__', '__lshift__', '__rshift__', '__and__', '__xor__', '__or__',
