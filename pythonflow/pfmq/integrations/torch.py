@@ -258,7 +258,7 @@ class IterableDataset(torch.utils.data.IterableDataset):
             self._pending = None
 
     def placement(self) -> dict:
-        """This copy's share: ``rank`` of ``world_size`` and loader ``worker`` of ``num_workers``."""
+        """This copy's share: ``rank`` of ``world_size``, loader ``worker`` of ``num_workers``."""
         rank, world_size = self.rank, self.world_size
         if rank is None:
             if torch.distributed.is_available() and torch.distributed.is_initialized():
