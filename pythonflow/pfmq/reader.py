@@ -6,6 +6,9 @@ run again once it speaks up). A request iterator may take any time for its next 
 that reads files, say), so unless it merely walks over a container it is read in a thread of its
 own. That thread reads at most one batch ahead of what the loop took, so the task still reads
 lazily and holds bounded memory.
+
+A task that resumes from a checkpoint first passes over the requests it delivered before: the
+reader advances the iterator past them (in its own thread, if it has one) and hands over none.
 """
 import collections
 import itertools
@@ -22,9 +25,20 @@ _AT_HAND = frozenset(type(iter(container)) for container in (
     reversed([]), reversed(()), reversed(range(0)), itertools.count(), itertools.repeat(None)))
 
 
-def reader_for(iterator: Iterator) -> "DirectReader":
-    """A reader in the loop's thread for iterators over containers, else one with a thread."""
-    return DirectReader(iterator) if type(iterator) in _AT_HAND else ThreadedReader(iterator)
+def reader_for(iterator: Iterator, skip: int = 0) -> "DirectReader":
+    """A reader in the loop's thread for iterators over containers, else one with a thread.
+
+    The first ``skip`` items are passed over, never handed over.
+    """
+    kind = DirectReader if type(iterator) in _AT_HAND else ThreadedReader
+    return kind(iterator, skip)
+
+
+def source_too_short(needed: int) -> ValueError:
+    """The error for requests that end before the ``needed`` items a resume state counts on."""
+    return ValueError(f"the requests ended before request {needed - 1}, which the resume state "
+                      f"counts as delivered: pass the same requests, from their start, as the "
+                      f"task whose state_dict() it is")
 
 
 class DirectReader:
@@ -37,9 +51,11 @@ class DirectReader:
     """
 
     threaded = False
+    _caught = Exception  # what the iterator may raise that ends the requests, not the caller
 
-    def __init__(self, iterator: Iterator):
+    def __init__(self, iterator: Iterator, skip: int = 0):
         self._iterator = iterator
+        self._skip = skip
         self.error: Optional[BaseException] = None
 
     def start(self, notify: Callable[[], None]) -> None:
@@ -50,6 +66,10 @@ class DirectReader:
 
         Not called again once it said that no more will come.
         """
+        if self._skip:
+            self.error = self._skip_ahead()
+            if self.error is not None:
+                return [], True
         items = []
         try:
             for _ in range(count):
@@ -64,14 +84,26 @@ class DirectReader:
     def close(self) -> None:
         """Stop reading."""
 
+    def _skip_ahead(self) -> Optional[BaseException]:
+        """Advance past the items to skip (once); what went wrong, if anything."""
+        skip, self._skip = self._skip, 0
+        end = object()
+        try:
+            # islice advances in C without keeping the items; the last one says it got that far.
+            last = next(itertools.islice(self._iterator, skip - 1, skip), end)
+        except self._caught as exc:  # delivered in the place of the first request after the skip
+            return exc
+        return source_too_short(skip) if last is end else None
+
 
 class ThreadedReader(DirectReader):
     """Reads an iterator in a thread of its own, at most one batch ahead of :meth:`take`."""
 
     threaded = True
+    _caught = BaseException  # nothing may end this thread without the loop hearing of it
 
-    def __init__(self, iterator: Iterator):
-        super().__init__(iterator)
+    def __init__(self, iterator: Iterator, skip: int = 0):
+        super().__init__(iterator, skip)
         self._changed = threading.Condition()
         self._items = collections.deque()
         self._wanted = 0  # items to read before waiting for the next take
@@ -108,6 +140,11 @@ class ThreadedReader(DirectReader):
             self._changed.notify()
 
     def _read(self):
+        if self._skip:
+            error = self._skip_ahead()
+            if error is not None:
+                self._hand_over([], True, error)
+                return
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._wanted or self._closed)

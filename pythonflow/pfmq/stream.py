@@ -18,6 +18,11 @@ jobs it holds; jobs the broker has lost (because it restarted, or forgot a task 
 too long) are sent again. Results of jobs answered before are dropped, so the consumer gets each
 result once. With no answer at all for ``timeout * num_retries`` seconds the task raises
 ``TimeoutError``.
+
+A task resumed from a checkpoint starts at the request index the checkpoint gives (the reader
+passes over the requests before it) and leaves out the requests above it that were delivered
+already, so request indices, and with them the seeds of the workers' generators, are those of an
+uninterrupted run.
 """
 import collections
 import itertools
@@ -31,7 +36,7 @@ from . import protocol
 from .common import RateLimitedLogger, Wakeup, dealer, key_hint, waiting_messages
 from .errors import ITERATOR_FAILED, WORKERS_DIED
 from .protocol import SERIALIZATION_ERROR, Kind, ProtocolError
-from .reader import reader_for
+from .reader import reader_for, source_too_short
 from .serialization import SerializationError
 
 LOGGER = logging.getLogger(__name__)
@@ -55,6 +60,7 @@ class _Outbox:
         self.changed = threading.Condition()
         self.closed = False
         self.error = None
+        self.waited = 0.0  # seconds get() spent waiting for an item: the consumer starved
 
     def put(self, items):
         with self.changed:
@@ -71,7 +77,11 @@ class _Outbox:
         """The next ``(index, outcome)``; raises ``StopIteration`` when done."""
         with self.changed:
             if not self.items and not self.closed:
-                if not self.changed.wait_for(lambda: self.items or self.closed, timeout):
+                # Timed only when there is nothing to take, so a fed consumer pays nothing.
+                started = time.perf_counter()
+                ready = self.changed.wait_for(lambda: self.items or self.closed, timeout)
+                self.waited += time.perf_counter() - started
+                if not ready:
                     raise TimeoutError(f"no result within {timeout} s")
             if self.items:
                 return self.items.popleft()
@@ -87,8 +97,9 @@ class Stream:
     """
 
     def __init__(self, requests, address, serializer, wire, context, timeout, num_retries,
-                 cache_size, ordered, seed, heartbeat_interval, max_batch, target_job_seconds):
-        self.reader = reader_for(iter(requests))
+                 cache_size, ordered, seed, heartbeat_interval, max_batch, target_job_seconds,
+                 start_index=0, delivered=()):
+        self.reader = reader_for(iter(requests), start_index)
         self.address = address
         self.serializer = serializer
         self.wire = wire
@@ -111,10 +122,16 @@ class Stream:
         self.log = RateLimitedLogger(LOGGER)
         self.pending = {}  # job id -> _Job sent and not yet answered
         self.job_ids = itertools.count()
-        self.next_index = 0  # index of the next request read from the iterator
+        self.next_index = start_index  # index of the next request read from the iterator
+        self.delivered_before = set(delivered)  # indices above start_index not to send again
+        # The requests must reach this far, or they are not those the resume state was made of.
+        self.needed = max(start_index, max(self.delivered_before, default=-1) + 1)
         self.exhausted = False
         self.held = {}  # ordered mode: index -> outcome that arrived ahead of its turn
-        self.next_delivery = 0
+        self.next_delivery = start_index
+        self.started = None  # perf_counter() when run() began
+        self.read = 0  # requests read to be sent (those a resume passes over not counted)
+        self.in_flight = 0  # requests of the jobs in self.pending
         self.capacity = 0  # request slots of all workers, as the broker last said
         self.incarnation = None
         self.seconds_per_request = None
@@ -129,6 +146,7 @@ class Stream:
         ``sock`` is a connected DEALER to reuse (see :func:`apply`); it is left open when the task
         ends normally, so the caller owns it.
         """
+        self.started = time.perf_counter()
         own_socket = sock is None
         if own_socket:
             sock = dealer(self.context, self.address, protocol.new_id(), self.curve)
@@ -228,11 +246,18 @@ class Stream:
             batch, done = self.reader.take(count, least)
             if batch:
                 self.next_index += len(batch)
-                self._submit(self.next_index - len(batch), batch)
+                self.read += len(batch)
+                if self.delivered_before:
+                    self._submit_undelivered(self.next_index - len(batch), batch)
+                else:
+                    self._submit(self.next_index - len(batch), batch)
             if done:
                 self.exhausted = True
-                if self.reader.error is not None:  # delivered in the failing request's place
-                    self._deliver([(self.next_index, (ITERATOR_FAILED, self.reader.error))])
+                error = self.reader.error
+                if error is None and self.next_index < self.needed:
+                    error = source_too_short(self.needed)
+                if error is not None:  # delivered in the failing request's place
+                    self._deliver([(self.next_index, (ITERATOR_FAILED, error))])
             elif not batch:
                 return  # the reader wakes the loop when there is more
 
@@ -242,6 +267,20 @@ class Stream:
         by_time = self.target_job_seconds / max(self.seconds_per_request, 1e-7)
         by_size = (1 << 20) / max(self.bytes_per_request, 1)
         return int(max(1, min(self.max_batch, by_time, by_size)))
+
+    def _submit_undelivered(self, first, requests):
+        """Submit those of ``requests`` (index ``first`` on) not delivered before a resume, each
+        run of consecutive indices as one job."""
+        start = 0
+        for offset in range(len(requests)):
+            if first + offset in self.delivered_before:
+                self.delivered_before.discard(first + offset)
+                self.read -= 1
+                if offset > start:
+                    self._submit(first + start, requests[start:offset])
+                start = offset + 1
+        if start < len(requests):
+            self._submit(first + start, requests[start:])
 
     def _submit(self, first, requests):
         try:
@@ -269,6 +308,7 @@ class Stream:
         job_id = next(self.job_ids)
         sealed = self.wire.seal(frames, job_id, protocol.REQUESTS)
         job = self.pending[job_id] = _Job(first, len(requests), sealed, self.ping)
+        self.in_flight += job.count
         self._send_job(job_id, job)
 
     def _send_job(self, job_id, job):
@@ -285,6 +325,7 @@ class Stream:
         job = self.pending.pop(job_id, None)
         if job is None:
             return  # answered before, or not ours: each result is delivered once
+        self.in_flight -= job.count
         per_request = elapsed / job.count
         self.seconds_per_request = per_request if self.seconds_per_request is None else (
             0.8 * self.seconds_per_request + 0.2 * per_request)
@@ -301,6 +342,7 @@ class Stream:
         job = self.pending.pop(job_id, None)
         if job is None:
             return
+        self.in_flight -= job.count
         if job.count == 1:
             self._deliver([(job.first, (WORKERS_DIED, reason))])
             return

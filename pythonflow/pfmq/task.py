@@ -9,12 +9,13 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
 from typing import Any, Iterable, Optional
 
 import zmq
 
-from . import protocol
+from . import position, protocol
 from .common import HEARTBEAT_INTERVAL, Wakeup, check_address, dealer, resolve_key
 from .errors import ITERATOR_FAILED, exception_for
 from .protocol import OK, Kind, ProtocolError
@@ -72,12 +73,36 @@ class Task:
         Defaults to the process-wide instance.
     max_retries, max_results : int, optional
         The Pythonflow 0.3 names of ``num_retries`` and ``cache_size``.
+    resume : dict, optional
+        A :meth:`state_dict` of an earlier task over the same requests, with the same
+        ``ordered`` and ``seed``: continue where its consumer stopped (see Notes).
+
+    Raises
+    ------
+    ValueError
+        For an option out of range, or a ``resume`` that is not a state of a task like this one.
 
     Notes
     -----
     The request iterator is read in a thread of its own (unless it iterates over a list, tuple,
     range or similar container), so that an iterator that takes long for an item never delays
     the task's heartbeats: the broker would presume the task gone and drop its jobs.
+
+    **Checkpoint and resume.** ``state_dict()`` says how far the consumer got, as a small dict of
+    JSON types; take it along with the model's checkpoint. A task made with ``resume=state`` and
+    the same request source, passed again from its start, advances the source past the requests
+    delivered before without sending them, and sends the others under their original indices:
+    with ``seed=``, every result equals bit for bit the one an uninterrupted task gives at the
+    same position, whatever the number of workers before and after. An ordered state is the count
+    of results delivered; an unordered one is the low-water mark plus the requests delivered
+    above it, so each request is delivered exactly once across the stop. A failed request counts
+    as delivered once the consumer was told of it (raised, returned, or skipped with
+    ``errors='skip'``). Requests that end before the state's position fail the stream with a
+    ``ValueError`` (at once if ``requests`` has a length); a source that ends exactly there
+    gives an empty stream.
+
+    **Statistics.** :meth:`stats` tells, among other figures, how long the consumer waited for
+    results: a training loop that waits most of its time is starved, and more workers help.
     """
 
     def __init__(self, requests: Iterable, frontend_address: str, dumps=None, loads=None,
@@ -87,7 +112,7 @@ class Task:
                  heartbeat_interval: float = HEARTBEAT_INTERVAL, max_batch: int = 256,
                  target_job_seconds: float = 0.005, max_message_size: Optional[int] = None,
                  context: Optional[zmq.Context] = None, max_retries: Optional[int] = None,
-                 max_results: Optional[int] = None):
+                 max_results: Optional[int] = None, resume: Optional[dict] = None):
         num_retries = _renamed("num_retries", num_retries, 3, "max_retries", max_retries)
         cache_size = _renamed("cache_size", cache_size, 64, "max_results", max_results)
         if errors not in ERRORS:
@@ -101,13 +126,22 @@ class Task:
                              f"{num_retries!r}")
         if seed is not None and not 0 <= seed < 1 << 63:
             raise ValueError("seed must be an integer in [0, 2**63)")
+        first, delivered = (0, []) if resume is None else position.parse(
+            resume, ordered, seed, requests)
         self.requests = requests
         self.errors = errors
+        self.ordered = ordered
+        self.seed = seed
+        # What the consumer has had: ordered, all before _last + 1; else what _unordered holds.
+        self._last = first - 1
+        self._unordered = None if ordered else position.Unordered(first, delivered)
+        self._started_at = self._count_delivered()
+        self._failed = 0
         self._io = Stream(
             requests, check_address(frontend_address), make_serializer(dumps, loads, serializer),
             protocol.Wire(resolve_key(key)), context or zmq.Context.instance(), timeout,
             num_retries, cache_size, ordered, seed, heartbeat_interval, max_batch,
-            target_job_seconds)
+            target_job_seconds, first, delivered)
         self._io.curve = curve
         self._io.max_message_size = max_message_size
         self._thread = None
@@ -176,6 +210,50 @@ class Task:
             except StopIteration:
                 return
 
+    def state_dict(self) -> dict:
+        """How far the consumer got, for ``resume=``: a small dict of JSON types.
+
+        Cheap enough to take at every step. It counts the results this thread received from the
+        task (take it in the thread that iterates), not those still waiting in the cache.
+        """
+        if self._unordered is None:
+            return position.state(True, self.seed, self._last + 1)
+        return position.state(False, self.seed, 0, self._unordered)
+
+    def stats(self) -> dict:
+        """Figures of the stream so far, from the consumer's side.
+
+        Returns
+        -------
+        dict
+            ``delivered``: results the consumer received from this task (failed requests
+            included; those before a resume not); ``failed``: how many of them failed;
+            ``results_per_second``: ``delivered`` over ``elapsed_seconds``, the time since the
+            task started; ``in_flight``: requests sent and not yet answered; ``cached``: results
+            waiting for the consumer; ``requests_read``: requests read from the source to be
+            sent; ``waiting_seconds``: the time the consumer spent blocked in ``next()`` or
+            :meth:`iter_results` waiting for a result (near ``elapsed_seconds``: the workers
+            cannot keep up; near zero: the consumer is the bottleneck).
+        """
+        io = self._io
+        elapsed = 0.0 if io.started is None else time.perf_counter() - io.started
+        delivered = self._count_delivered() - self._started_at
+        return {
+            "delivered": delivered, "failed": self._failed,
+            "results_per_second": delivered / elapsed if elapsed > 0 else 0.0,
+            "in_flight": io.in_flight, "cached": len(io.outbox.items), "requests_read": io.read,
+            "waiting_seconds": io.outbox.waited, "elapsed_seconds": elapsed,
+        }
+
+    def _mark(self, index: int) -> None:
+        if self._unordered is None:
+            self._last = index
+        else:
+            self._unordered.mark(index)
+
+    def _count_delivered(self) -> int:
+        return self._last + 1 if self._unordered is None else self._unordered.count()
+
     def _next(self, timeout):
         if self._thread is None:
             raise RuntimeError("the task was not started: call run_async() or pass start=True")
@@ -184,9 +262,17 @@ class Task:
             if self._io.waiting_for_consumer and self._io.wakeup is not None:
                 self._io.wakeup.set()
             if outcome[0] == OK:
+                if self._unordered is None:  # inline: this is the hot path
+                    self._last = index
+                else:
+                    self._unordered.mark(index)
                 return outcome[1]
+            if outcome[0] == ITERATOR_FAILED:  # not a request: nothing delivered
+                raise outcome[1]
+            self._mark(index)
+            self._failed += 1
             error = exception_for(index, outcome)
-            if self.errors == "raise" or outcome[0] == ITERATOR_FAILED:
+            if self.errors == "raise":
                 raise error
             if self.errors == "return":
                 return error
