@@ -168,7 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"  {crash}")
         with pfmq.LocalCluster(graph, num_workers=args.resume_workers) as cluster:
             print(f"resumed from the checkpoint on a new cluster of {args.resume_workers} "
-                  "workers:")
+                  f"worker{'s' if args.resume_workers > 1 else ''}:")
             resumed, resumed_weights = train(cluster, samples, args, args.steps,
                                              resume_from=checkpoint)
     finally:

@@ -87,7 +87,10 @@ def test_to_tensors_keeps_structure_and_copies_only_read_only_arrays():
     writable = np.arange(6, dtype=np.int64)
     frozen = np.arange(3, dtype=np.float32)
     frozen.flags.writeable = False
-    converted = to_tensors({"a": (writable, [frozen, "text"]), "b": np.array(["s"]), "c": 4})
+    foreign = np.arange(3, dtype=np.dtype(np.float64).newbyteorder())
+    converted = to_tensors({"a": (writable, [frozen, "text"]), "b": np.array(["s"]), "c": 4,
+                            "d": foreign})
+    assert converted["d"].tolist() == [0, 1, 2]  # converted to native order
     assert converted["a"][0].data_ptr() == writable.ctypes.data
     assert converted["a"][1][0].data_ptr() != frozen.ctypes.data
     assert converted["a"][1][0].tolist() == [0, 1, 2]
@@ -308,6 +311,7 @@ def test_a_state_is_refused_by_a_dataset_of_other_settings(cluster):
     assert len(list(reseeded)) == 3
 
 
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")  # torchdata's, not ours
 def test_stateful_dataloader_resumes_mid_epoch(cluster):
     stateful = pytest.importorskip("torchdata.stateful_dataloader", reason=TORCHDATA_MISSING)
 

@@ -66,39 +66,41 @@ class _Remote(NamedTuple):
     options: dict
 
 
+def _map_leaves(function: Callable, obj: Any) -> Any:
+    """``obj`` with ``function`` applied to everything nested in its tuples, lists and dicts."""
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple keeps its type
+        return type(obj)(*(_map_leaves(function, item) for item in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_map_leaves(function, item) for item in obj)
+    if isinstance(obj, dict):
+        return {key: _map_leaves(function, value) for key, value in obj.items()}
+    return function(obj)
+
+
+def _as_tensor(obj: Any) -> Any:
+    if not isinstance(obj, np.ndarray) or obj.dtype.hasobject or obj.dtype.kind in "USV":
+        return obj
+    if not obj.flags.writeable or not obj.dtype.isnative:
+        obj = obj.astype(obj.dtype.newbyteorder("="))  # a copy, writable, in native order
+    try:
+        return torch.from_numpy(obj)
+    except TypeError:  # a dtype torch does not have
+        return obj
+
+
+def _pinned(obj: Any) -> Any:
+    return obj.pin_memory() if isinstance(obj, torch.Tensor) else obj
+
+
 def to_tensors(obj: Any) -> Any:
     """Turn the numpy arrays in ``obj`` (nested in tuples, lists and dicts) into tensors.
 
     A writable array becomes a tensor sharing its memory (``torch.from_numpy``): nothing is
-    copied. A read-only array is copied, since a tensor is always writable; arrays of a dtype
-    that torch lacks (strings, objects) stay as they are.
+    copied. A read-only array or one in foreign byte order is copied, since a tensor is always
+    writable and in native order; arrays of a dtype that torch lacks (strings, objects) stay
+    as they are.
     """
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject or obj.dtype.kind in "USV":
-            return obj
-        try:
-            return torch.from_numpy(obj if obj.flags.writeable else obj.copy())
-        except TypeError:  # a dtype torch does not have, e.g. uint32 in older versions
-            return obj
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple keeps its type
-        return type(obj)(*(to_tensors(item) for item in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_tensors(item) for item in obj)
-    if isinstance(obj, dict):
-        return {key: to_tensors(value) for key, value in obj.items()}
-    return obj
-
-
-def _pin(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.pin_memory()
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_pin(item) for item in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_pin(item) for item in obj)
-    if isinstance(obj, dict):
-        return {key: _pin(value) for key, value in obj.items()}
-    return obj
+    return _map_leaves(_as_tensor, obj)
 
 
 def rank_share(requests: Iterable, rank: int, world_size: int,
@@ -155,6 +157,39 @@ def _is_count(value, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
+def _check_arguments(source, requests, seed, rank, world_size, batch_size, task_options):
+    """Raise a one-line ``TypeError`` or ``ValueError`` for the first bad argument."""
+    if isinstance(source, str):
+        check_address(source)
+    elif not isinstance(source, (Broker, LocalCluster)):
+        raise TypeError(f"source must be a pfmq Broker, a LocalCluster or a frontend address, "
+                        f"not {type(source).__name__}")
+    if not callable(requests):
+        if not isinstance(requests, Iterable):
+            raise TypeError(f"requests must be a callable requests(epoch) or an iterable, "
+                            f"not {type(requests).__name__}")
+        if iter(requests) is requests:
+            raise TypeError("requests is a one-shot iterator that the second epoch would find "
+                            "empty: pass a list or a function requests(epoch) instead")
+    if seed is not None and not _is_count(seed, 0):
+        raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+    if (rank is None) != (world_size is None):
+        raise ValueError("give both rank and world_size, or neither")
+    if world_size is not None:
+        if not _is_count(world_size, 1):
+            raise ValueError(f"world_size must be an integer of at least 1, not {world_size!r}")
+        if not (_is_count(rank, 0) and rank < world_size):
+            raise ValueError(f"rank must be an integer in [0, {world_size}), not {rank!r}")
+    if batch_size is not None and not _is_count(batch_size, 1):
+        raise ValueError(f"batch_size must be an integer of at least 1, not {batch_size!r}")
+    if "resume" in task_options:
+        raise TypeError("resume is not a task option here: give the saved state to "
+                        "load_state_dict()")
+    unknown = sorted(set(task_options) - _TASK_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown task options {unknown}: see pythonflow.pfmq.Task")
+
+
 class IterableDataset(torch.utils.data.IterableDataset):
     """The results of pfmq requests as a ``torch.utils.data.IterableDataset``.
 
@@ -197,35 +232,7 @@ class IterableDataset(torch.utils.data.IterableDataset):
                  batch_size: Optional[int] = None, collate_fn: Optional[Callable] = None,
                  pin_memory: bool = False, **task_options):
         super().__init__()
-        if isinstance(source, str):
-            check_address(source)
-        elif not isinstance(source, (Broker, LocalCluster)):
-            raise TypeError(f"source must be a pfmq Broker, a LocalCluster or a frontend address, "
-                            f"not {type(source).__name__}")
-        if not callable(requests):
-            if not isinstance(requests, Iterable):
-                raise TypeError(f"requests must be a callable requests(epoch) or an iterable, "
-                                f"not {type(requests).__name__}")
-            if iter(requests) is requests:
-                raise TypeError("requests is a one-shot iterator that the second epoch would find "
-                                "empty: pass a list or a function requests(epoch) instead")
-        if seed is not None and not _is_count(seed, 0):
-            raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
-        if (rank is None) != (world_size is None):
-            raise ValueError("give both rank and world_size, or neither")
-        if world_size is not None:
-            if not _is_count(world_size, 1):
-                raise ValueError(f"world_size must be an integer of at least 1, not {world_size!r}")
-            if not (_is_count(rank, 0) and rank < world_size):
-                raise ValueError(f"rank must be an integer in [0, {world_size}), not {rank!r}")
-        if batch_size is not None and not _is_count(batch_size, 1):
-            raise ValueError(f"batch_size must be an integer of at least 1, not {batch_size!r}")
-        if "resume" in task_options:
-            raise TypeError("resume is not a task option here: give the saved state to "
-                            "load_state_dict()")
-        unknown = sorted(set(task_options) - _TASK_OPTIONS)
-        if unknown:
-            raise TypeError(f"unknown task options {unknown}: see pythonflow.pfmq.Task")
+        _check_arguments(source, requests, seed, rank, world_size, batch_size, task_options)
         if pin_memory and not torch.cuda.is_available():
             LOGGER.debug("pin_memory=True does nothing here: CUDA is not available")
             pin_memory = False
@@ -395,7 +402,7 @@ class _Iteration:
                 raise StopIteration
             item = (dataset.collate_fn or torch.utils.data.default_collate)(items)
         self.yielded += 1
-        return _pin(item) if dataset.pin_memory else item
+        return _map_leaves(_pinned, item) if dataset.pin_memory else item
 
     def _open(self) -> None:
         dataset = self.dataset
