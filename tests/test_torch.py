@@ -218,15 +218,21 @@ def test_rank_share_reads_lazily_and_pads_short_sources():
     assert list(rank_share([], 0, 2)) == []
 
 
-def test_ranks_come_from_torch_distributed_when_initialised(cluster, monkeypatch):
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 1)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+def test_ranks_come_from_torch_distributed_when_initialised(cluster):
+    # torch's in-process "fake" backend: a real process group of rank 1 of 2, without a network.
+    fake_pg = pytest.importorskip("torch.testing._internal.distributed.fake_pg",
+                                  reason="this torch has no fake process group backend")
     dataset = IterableDataset(cluster, make_requests(5))
-    assert dataset.placement() == {"rank": 1, "world_size": 2, "worker": 0, "num_workers": 1}
-    assert indices(dataset) == [1, 3, 0]
     explicit = IterableDataset(cluster, make_requests(5), rank=0, world_size=1)
-    assert indices(explicit) == [0, 1, 2, 3, 4]  # given ranks win
+    torch.distributed.init_process_group("fake", store=fake_pg.FakeStore(), rank=1, world_size=2)
+    try:
+        assert dataset.placement() == {"rank": 1, "world_size": 2, "worker": 0,
+                                       "num_workers": 1}
+        assert indices(dataset) == [1, 3, 0]
+        assert indices(explicit) == [0, 1, 2, 3, 4]  # given ranks win
+    finally:
+        torch.distributed.destroy_process_group()
+    assert indices(dataset) == [0, 1, 2, 3, 4]
 
 
 def test_loader_workers_split_their_rank_share(cluster):
