@@ -302,6 +302,20 @@ def test_a_restored_dataset_continues_where_the_saved_one_stopped(cluster, batch
     assert same(run(finished), reference)  # the next iteration goes over the epoch again
 
 
+def test_an_abandoned_iteration_cancels_its_task_and_leaves_its_position(cluster):
+    dataset = IterableDataset(cluster, make_requests(40), seed=1)
+    iterator = iter(dataset)
+    next(iterator)
+    next(iterator)
+    task = iterator.task
+    assert task.is_alive
+    del iterator  # nothing else holds it: the task stops now, not at some garbage collection
+    assert not task.is_alive
+    state = dataset.state_dict()
+    assert state["yielded"] == 2 and not state["finished"]
+    assert state["task"]["position"] == 2
+
+
 def test_a_state_is_refused_by_a_dataset_of_other_settings(cluster):
     dataset = IterableDataset(cluster, make_requests(6), seed=1, rank=0, world_size=2)
     iterator = iter(dataset)

@@ -36,6 +36,7 @@ import hashlib
 import inspect
 import logging
 import os
+import weakref
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -249,7 +250,10 @@ class IterableDataset(torch.utils.data.IterableDataset):
         self.epoch = 0
         self._pid = os.getpid()  # the process whose broker objects this dataset may use
         self._pending = None  # a loaded state, until the next iteration takes it
-        self._current = None  # the latest iteration
+        # The latest iteration, weakly: the loop that iterates owns it, and when the loop lets
+        # go of it its task is cancelled at once. What it left at its end is kept in _last.
+        self._current = lambda: None
+        self._last = None
 
     # -- epochs and placement --------------------------------------------------------------------
 
@@ -294,14 +298,16 @@ class IterableDataset(torch.utils.data.IterableDataset):
     # -- iteration -------------------------------------------------------------------------------
 
     def __iter__(self) -> "_Iteration":
-        if self._current is not None:
-            self._current.close()  # one iteration at a time: its task's work is not needed
+        current = self._current()
+        if current is not None:
+            current.close()  # one iteration at a time: its task's work is not needed
         state, self._pending = self._pending, None
         placement = self.placement()
         if state is not None:
             self._check_state(state, placement)
-        self._current = _Iteration(self, self.epoch, placement, state)
-        return self._current
+        iteration = _Iteration(self, self.epoch, placement, state)
+        self._current = weakref.ref(iteration)
+        return iteration
 
     def _open_task(self, requests: Iterator, seed: Optional[int], resume: Optional[dict]) -> Task:
         options = dict(self.task_options, seed=seed)
@@ -323,8 +329,11 @@ class IterableDataset(torch.utils.data.IterableDataset):
         """Where the consumer is: a small JSON-serialisable dict for :meth:`load_state_dict`."""
         if self._pending is not None:
             return dict(self._pending)
-        if self._current is not None and self._current.epoch == self.epoch:
-            return self._current.state_dict()
+        current = self._current()
+        if current is not None and current.epoch == self.epoch:
+            return current.state_dict()
+        if self._last is not None and self._last["epoch"] == self.epoch:
+            return dict(self._last)  # where the latest iteration ended
         return self._state(self.epoch, self.placement(), 0, False, None)
 
     def load_state_dict(self, state: dict) -> None:
@@ -356,9 +365,12 @@ class IterableDataset(torch.utils.data.IterableDataset):
                                  f"dataset has {name}={expected[name]!r}: resume with the "
                                  "settings that saved it")
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _current=lambda: None)
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_current"] = None  # its task belongs to this process
+        del state["_current"]  # its task belongs to this process
         if not isinstance(self.source, (str, _Remote)):
             state["source"] = _Remote(*_frontend(self.source))
         return state
@@ -428,13 +440,19 @@ class _Iteration:
                                    task_state)
 
     def close(self) -> None:
-        """End this iteration and cancel its task: the broker drops its queued requests."""
-        task, self.task = self.task, None
-        self.closed = True
+        """End this iteration and cancel its task: the broker drops its queued requests.
+
+        Its state stays with the dataset until another iteration of the dataset begins.
+        """
+        if self.closed:
+            return
+        task, self.task, self.closed = self.task, None, True
         if task is not None:
             if not self.finished:
                 self.task_state = task.state_dict()
             task.cancel()
+        if self.dataset._current() in (self, None):  # not when a newer iteration runs
+            self.dataset._last = self.state_dict()
 
     def __del__(self):
         try:
