@@ -10,7 +10,9 @@ scipy) on copies of the sample image scaled to ``--size`` pixels:
   evaluates the graph in its loader processes and collates there.
 
 For ``W`` = 1 and 2 it prints the median images per second, the median fraction of the loop's
-time spent waiting for the next batch, and the ratio pfmq/torch. Runs of the two are interleaved
+time spent waiting for the next batch, the ratio pfmq/torch, and the CPU time per image of the
+training process itself (the loop, and for pfmq also the broker thread and the receiving of
+results, which run there). Runs of the two are interleaved
 (repeat after repeat, each W and each loader in turn), after one warm-up epoch each, so that a
 slower machine at one moment affects both. Start-up (worker processes) is not measured. Run::
 
@@ -71,9 +73,11 @@ def make_model():
 
 
 def train_epoch(batches, model, optimizer) -> tuple:
-    """Train on every batch of ``batches``; return (images, seconds, seconds waiting)."""
+    """Train on every batch of ``batches``; return (images, seconds, seconds waiting, CPU
+    seconds of this process: the loop and, for pfmq, the broker and receiving threads)."""
     iterator = iter(batches)
     images = waited = 0
+    cpu = time.process_time()
     started = time.perf_counter()
     while True:
         asked = time.perf_counter()
@@ -86,7 +90,7 @@ def train_epoch(batches, model, optimizer) -> tuple:
         model(batch.permute(0, 3, 1, 2)).square().mean().backward()
         optimizer.step()
         images += len(batch)
-    return images, time.perf_counter() - started, waited
+    return images, time.perf_counter() - started, waited, time.process_time() - cpu
 
 
 def make_images(directory: str, count: int, size: int) -> list:
@@ -118,9 +122,9 @@ def run(args) -> list:
             train_epoch(loader, model, optimizer)
         for _ in range(args.repeats):
             for key, loader in loaders.items():
-                images, seconds, waited = train_epoch(loader, model, optimizer)
+                images, seconds, waited, cpu = train_epoch(loader, model, optimizer)
                 assert images == args.images, (key, images)
-                figures[key].append((images / seconds, waited / seconds))
+                figures[key].append((images / seconds, waited / seconds, cpu / images))
         return [row_for(workers, figures) for workers in WORKER_COUNTS]
     finally:
         for cluster in clusters.values():
@@ -132,8 +136,8 @@ def row_for(workers: int, figures: dict) -> dict:
     row = {"workers": workers}
     for kind in ("pfmq", "torch"):
         runs = figures[kind, workers]
-        row[f"{kind}_images_per_s"] = statistics.median(rate for rate, _ in runs)
-        row[f"{kind}_waited"] = statistics.median(waited for _, waited in runs)
+        for index, name in enumerate(("images_per_s", "waited", "cpu_s_per_image")):
+            row[f"{kind}_{name}"] = statistics.median(run[index] for run in runs)
     row["ratio"] = row["pfmq_images_per_s"] / row["torch_images_per_s"]
     return row
 
@@ -157,11 +161,14 @@ def main(argv=None) -> list:
           f"interleaved epochs on {os.cpu_count()} CPUs")
     rows = run(args)
     print(f"{'workers':>7}  {'pfmq img/s':>10}  {'torch img/s':>11}  {'pfmq/torch':>10}  "
-          f"{'pfmq waited':>11}  {'torch waited':>12}")
+          f"{'pfmq waited':>11}  {'torch waited':>12}  {'pfmq loop CPU':>13}  "
+          f"{'torch loop CPU':>14}")
     for row in rows:
         print(f"{row['workers']:>7}  {row['pfmq_images_per_s']:>10.1f}  "
               f"{row['torch_images_per_s']:>11.1f}  {row['ratio']:>10.2f}  "
-              f"{row['pfmq_waited']:>11.0%}  {row['torch_waited']:>12.0%}")
+              f"{row['pfmq_waited']:>11.0%}  {row['torch_waited']:>12.0%}  "
+              f"{row['pfmq_cpu_s_per_image'] * 1000:>8.2f} ms/i  "
+              f"{row['torch_cpu_s_per_image'] * 1000:>9.2f} ms/i")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fp:
             json.dump({"settings": vars(args), "rows": rows}, fp, indent=2)
