@@ -208,6 +208,7 @@ def test_demo_writes_png(tmp_path):
     assert result.returncode == 0, result.stderr
     assert str(path) in result.stdout
     assert "1 worker" in result.stdout and "2 workers" in result.stdout
+    assert result.stdout.count("consumer waited ") == 2  # task.stats() of each run
     with Image.open(path) as image:
         assert image.format == "PNG"
         width, height = image.size

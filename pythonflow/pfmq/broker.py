@@ -306,6 +306,9 @@ class Broker(Service):
     def imap(self, requests, **task_options):
         """Return a :class:`~pythonflow.pfmq.Task` evaluating ``requests`` on the workers.
 
+        ``task_options`` are those of the task; ``resume=task.state_dict()`` of an earlier task
+        over the same ``requests`` continues where its consumer stopped.
+
         Raises
         ------
         RuntimeError

@@ -149,7 +149,8 @@ class LocalCluster:
         return self._running_broker().apply(request, **task_options)
 
     def imap(self, requests, **task_options):
-        """Evaluate requests on the workers (see :meth:`pythonflow.pfmq.Broker.imap`)."""
+        """Evaluate requests on the workers (see :meth:`pythonflow.pfmq.Broker.imap`); with
+        ``resume=task.state_dict()``, continue an earlier task over the same requests."""
         return self._running_broker().imap(requests, **task_options)
 
     def stats(self) -> dict:

@@ -4,17 +4,19 @@ A state is a small dict of JSON types, so that it can be saved with a model chec
 
     {"format": "pfmq.task/1", "ordered": True, "seed": 7, "position": 1200}
     {"format": "pfmq.task/1", "ordered": False, "seed": 7, "position": 1180,
-     "delivered": [1181, 1183, 1190]}
+     "delivered": [[1184, 1200], [1210, 1213]]}
 
 ``position`` is the number of requests from the start of the request source whose results the
 consumer had when the state was taken: in ordered tasks exactly those before it. Unordered tasks
 deliver as results complete, so ``position`` is the low-water mark (every request below it was
-delivered) and ``delivered`` lists the requests above it that were; it holds at most about as
-many as the task keeps in flight and in its cache. A request that failed counts as delivered once
-the consumer was told of it (raised, returned or skipped with ``errors=``), so it is not evaluated
-again on resume.
+delivered) and ``delivered`` lists the runs ``[start, end)`` of requests above it that were.
+Results come job by job, each job a run of consecutive requests, so there are at most about as
+many runs as the jobs a task keeps in flight and in its cache, however many requests they hold.
+A request that failed counts as delivered once the consumer was told of it (raised, returned or
+skipped with ``errors=``), so it is not evaluated again on resume.
 """
-from typing import Optional, Tuple
+import bisect
+from typing import List, Optional, Tuple
 
 #: The format of the states this module writes; a state of another format is refused.
 FORMAT = "pfmq.task/1"
@@ -22,41 +24,86 @@ _KEYS = frozenset({"format", "ordered", "seed", "position"})  # and "delivered" 
 
 
 class Unordered:
-    """The requests an unordered task delivered: all below ``low``, and those in ``above``."""
+    """The requests an unordered task delivered.
 
-    __slots__ = ("low", "above")
+    Those below ``low``, the closed runs of ``runs`` (start -> end), all above ``low``, and the
+    open run ``[start, end)``, the one the consumer is in. A result that continues the open run
+    only moves ``end`` (the caller does that itself, on its hot path); any other closes the open
+    run and opens a new one (:meth:`jump`), which happens about once per job.
+    """
 
-    def __init__(self, low: int, above=()):
+    __slots__ = ("low", "runs", "start", "end", "_closed", "_counted")
+
+    def __init__(self, low: int, delivered=()):
         self.low = low
-        self.above = set(above)
+        self.runs = dict(delivered)
+        self.start = self.end = low  # an empty run at the mark: extending it raises the mark
+        self._closed = None  # the closed runs, merged and sorted, until the next jump
+        self._counted = low + sum(end - start for start, end in self.runs.items())  # all closed
 
-    def mark(self, index: int) -> None:
-        """Count request ``index`` as delivered."""
-        if index != self.low:
-            self.above.add(index)
-            return
-        low, above = index + 1, self.above
-        while low in above:  # each index leaves the set once: constant time per result on average
-            above.remove(low)
-            low += 1
-        self.low = low
+    def jump(self, index: int) -> None:
+        """Count request ``index``, which does not continue the open run, as delivered."""
+        if self.start == self.low:  # the open run was at the mark: raise the mark past it
+            low, runs = self.end, self.runs
+            while low in runs:  # each run is absorbed once
+                low = runs.pop(low)
+            self.low = low
+        else:
+            self.runs[self.start] = self.end
+        self._counted += self.end - self.start
+        self.start, self.end = index, index + 1
+        self._closed = None
+
+    def spans(self) -> Tuple[int, List[list]]:
+        """The low-water mark and the runs above it, each ``[start, end)``, merged and sorted."""
+        closed = self._closed
+        if closed is None:
+            closed = self._closed = _merged(sorted(self.runs.items()))
+        start, end = self.start, self.end
+        if start == self.low:  # the open run raises the mark, maybe up to the first closed run
+            if closed and closed[0][0] == end:
+                return closed[0][1], list(map(list, closed[1:]))
+            return end, list(map(list, closed))
+        below = above = bisect.bisect(closed, (start,))
+        if below and closed[below - 1][1] == start:  # the open run continues the one before it
+            below -= 1
+            start = closed[below][0]
+        if above < len(closed) and closed[above][0] == end:  # and the one after continues it
+            end = closed[above][1]
+            above += 1
+        spans = list(map(list, closed[:below]))
+        spans.append([start, end])
+        spans.extend(map(list, closed[above:]))
+        return self.low, spans
 
     def count(self) -> int:
-        """How many requests were delivered."""
-        return self.low + len(self.above)
+        """How many requests were delivered.
+
+        It reads no container, so another thread may ask (and get a moment's figure).
+        """
+        return self._counted + self.end - self.start
 
 
-def state(ordered: bool, seed: Optional[int], position: int,
-          unordered: Optional[Unordered] = None) -> dict:
-    """A state in :data:`FORMAT`; ``unordered`` gives the position of an unordered task."""
-    if unordered is None:
-        return {"format": FORMAT, "ordered": ordered, "seed": seed, "position": position}
-    return {"format": FORMAT, "ordered": ordered, "seed": seed, "position": unordered.low,
-            "delivered": sorted(unordered.above)}
+def _merged(runs: List[tuple]) -> List[tuple]:
+    """Sorted runs with those that touch joined."""
+    merged = []
+    for start, end in runs:
+        if merged and merged[-1][1] == start:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def state(seed: Optional[int], unordered: Unordered) -> dict:
+    """The state of an unordered task (an ordered task's is built where it is taken, faster)."""
+    low, spans = unordered.spans()
+    return {"format": FORMAT, "ordered": False, "seed": seed, "position": low,
+            "delivered": spans}
 
 
 def parse(resume, ordered: bool, seed: Optional[int], requests=()) -> Tuple[int, list]:
-    """The position and the delivered requests above it of a state that a task with these
+    """The position and the delivered runs above it of a state that a task with these
     ``ordered`` and ``seed`` may resume from; ``ValueError`` for any other ``resume``, or for
     ``requests`` whose length shows they are not those the state was taken of."""
     if not isinstance(resume, dict) or resume.get("format") != FORMAT:
@@ -75,10 +122,9 @@ def parse(resume, ordered: bool, seed: Optional[int], requests=()) -> Tuple[int,
     if not _is_index(position):
         raise ValueError(f"resume['position'] must be a whole number of at least 0, not "
                          f"{position!r}")
-    if not isinstance(delivered, list) or not all(
-            _is_index(index) and index > position for index in delivered):
-        raise ValueError("resume['delivered'] must be a list of request indices above "
-                         "resume['position']")
+    if not _are_runs(delivered, position):
+        raise ValueError("resume['delivered'] must be a list of sorted, disjoint runs [start, "
+                         "end) of request indices above resume['position']")
     if resume["ordered"] is not ordered:
         was = "an ordered" if resume["ordered"] else "an unordered"
         raise ValueError(f"resume is the state of {was} task: pass ordered={resume['ordered']} "
@@ -90,8 +136,8 @@ def parse(resume, ordered: bool, seed: Optional[int], requests=()) -> Tuple[int,
         raise ValueError(f"resume is the state of a task with seed={resume['seed']!r}, this "
                          f"one has seed={seed!r}: pass the seed of that task, or its results "
                          f"would differ")
-    _check_length(requests, max([position - 1, *delivered]) + 1)
-    return position, delivered
+    _check_length(requests, max([position, *(end for _, end in delivered)]))
+    return position, [tuple(run) for run in delivered]
 
 
 def _check_length(requests, needed: int) -> None:
@@ -103,6 +149,19 @@ def _check_length(requests, needed: int) -> None:
     if length < needed:
         raise ValueError(f"resume is the state of a task over at least {needed} requests, these "
                          f"are {length}: pass the same requests as that task")
+
+
+def _are_runs(runs, position: int) -> bool:
+    if not isinstance(runs, list):
+        return False
+    last = position
+    for run in runs:
+        if not isinstance(run, (list, tuple)) or len(run) != 2 or not all(map(_is_index, run)):
+            return False
+        if not last < run[0] < run[1]:  # as spans() makes them: apart, above the mark
+            return False
+        last = run[1]
+    return True
 
 
 def _is_index(value) -> bool:

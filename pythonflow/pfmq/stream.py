@@ -123,9 +123,11 @@ class Stream:
         self.pending = {}  # job id -> _Job sent and not yet answered
         self.job_ids = itertools.count()
         self.next_index = start_index  # index of the next request read from the iterator
-        self.delivered_before = set(delivered)  # indices above start_index not to send again
+        # Indices above start_index not to send again, from runs [start, end); as many as the
+        # earlier task held in flight and cached at most.
+        self.delivered_before = {index for run in delivered for index in range(*run)}
         # The requests must reach this far, or they are not those the resume state was made of.
-        self.needed = max(start_index, max(self.delivered_before, default=-1) + 1)
+        self.needed = max([start_index, *(end for _, end in delivered)])
         self.exhausted = False
         self.held = {}  # ordered mode: index -> outcome that arrived ahead of its turn
         self.next_delivery = start_index

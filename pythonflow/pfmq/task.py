@@ -88,21 +88,16 @@ class Task:
     range or similar container), so that an iterator that takes long for an item never delays
     the task's heartbeats: the broker would presume the task gone and drop its jobs.
 
-    **Checkpoint and resume.** ``state_dict()`` says how far the consumer got, as a small dict of
-    JSON types; take it along with the model's checkpoint. A task made with ``resume=state`` and
-    the same request source, passed again from its start, advances the source past the requests
-    delivered before without sending them, and sends the others under their original indices:
-    with ``seed=``, every result equals bit for bit the one an uninterrupted task gives at the
-    same position, whatever the number of workers before and after. An ordered state is the count
-    of results delivered; an unordered one is the low-water mark plus the requests delivered
-    above it, so each request is delivered exactly once across the stop. A failed request counts
-    as delivered once the consumer was told of it (raised, returned, or skipped with
-    ``errors='skip'``). Requests that end before the state's position fail the stream with a
-    ``ValueError`` (at once if ``requests`` has a length); a source that ends exactly there
-    gives an empty stream.
+    **Checkpoint and resume.** ``state_dict()`` says how far the consumer got, in a small dict
+    of JSON types (see :mod:`pythonflow.pfmq.position`). A task made with ``resume=state`` over
+    the same requests, passed again from their start, advances them past those delivered before
+    without sending them and keeps the others' indices: with ``seed=``, every result equals bit
+    for bit that of an uninterrupted task at the same position, whatever the number of workers.
+    Requests that end before the state's position fail the stream with a ``ValueError`` (at once
+    if they have a length); requests that end exactly there give an empty stream.
 
     **Statistics.** :meth:`stats` tells, among other figures, how long the consumer waited for
-    results: a training loop that waits most of its time is starved, and more workers help.
+    results: a training loop that waits most of its time is starved.
     """
 
     def __init__(self, requests: Iterable, frontend_address: str, dumps=None, loads=None,
@@ -137,6 +132,7 @@ class Task:
         self._unordered = None if ordered else position.Unordered(first, delivered)
         self._started_at = self._count_delivered()
         self._failed = 0
+        self._ended = None  # perf_counter() when the consumer reached the end of the stream
         self._io = Stream(
             requests, check_address(frontend_address), make_serializer(dumps, loads, serializer),
             protocol.Wire(resolve_key(key)), context or zmq.Context.instance(), timeout,
@@ -217,8 +213,9 @@ class Task:
         task (take it in the thread that iterates), not those still waiting in the cache.
         """
         if self._unordered is None:
-            return position.state(True, self.seed, self._last + 1)
-        return position.state(False, self.seed, 0, self._unordered)
+            return {"format": position.FORMAT, "ordered": True, "seed": self.seed,
+                    "position": self._last + 1}
+        return position.state(self.seed, self._unordered)
 
     def stats(self) -> dict:
         """Figures of the stream so far, from the consumer's side.
@@ -228,15 +225,17 @@ class Task:
         dict
             ``delivered``: results the consumer received from this task (failed requests
             included; those before a resume not); ``failed``: how many of them failed;
-            ``results_per_second``: ``delivered`` over ``elapsed_seconds``, the time since the
-            task started; ``in_flight``: requests sent and not yet answered; ``cached``: results
-            waiting for the consumer; ``requests_read``: requests read from the source to be
-            sent; ``waiting_seconds``: the time the consumer spent blocked in ``next()`` or
-            :meth:`iter_results` waiting for a result (near ``elapsed_seconds``: the workers
-            cannot keep up; near zero: the consumer is the bottleneck).
+            ``results_per_second``: ``delivered`` over ``elapsed_seconds``, the time from the
+            start to now, or to the consumer reaching the end; ``in_flight``: requests sent and
+            not yet answered; ``cached``: results waiting for the consumer; ``requests_read``:
+            requests read from the source to be sent; ``waiting_seconds``: the time the
+            consumer spent blocked in ``next()`` or :meth:`iter_results` waiting for a result
+            (near ``elapsed_seconds``: the workers cannot keep up; near zero: the consumer is
+            the bottleneck). From another thread, each figure is of a slightly different moment.
         """
         io = self._io
-        elapsed = 0.0 if io.started is None else time.perf_counter() - io.started
+        end = time.perf_counter() if self._ended is None else self._ended
+        elapsed = 0.0 if io.started is None else end - io.started
         delivered = self._count_delivered() - self._started_at
         return {
             "delivered": delivered, "failed": self._failed,
@@ -246,10 +245,13 @@ class Task:
         }
 
     def _mark(self, index: int) -> None:
-        if self._unordered is None:
+        unordered = self._unordered
+        if unordered is None:
             self._last = index
+        elif index == unordered.end:
+            unordered.end += 1
         else:
-            self._unordered.mark(index)
+            unordered.jump(index)
 
     def _count_delivered(self) -> int:
         return self._last + 1 if self._unordered is None else self._unordered.count()
@@ -258,14 +260,21 @@ class Task:
         if self._thread is None:
             raise RuntimeError("the task was not started: call run_async() or pass start=True")
         while True:
-            index, outcome = self._io.outbox.get(timeout)
+            try:
+                index, outcome = self._io.outbox.get(timeout)
+            except StopIteration:
+                self._ended = self._ended or time.perf_counter()  # the rate stays the stream's
+                raise
             if self._io.waiting_for_consumer and self._io.wakeup is not None:
                 self._io.wakeup.set()
             if outcome[0] == OK:
-                if self._unordered is None:  # inline: this is the hot path
+                unordered = self._unordered  # _mark() inline: this is the hot path
+                if unordered is None:
                     self._last = index
+                elif index == unordered.end:
+                    unordered.end += 1
                 else:
-                    self._unordered.mark(index)
+                    unordered.jump(index)
                 return outcome[1]
             if outcome[0] == ITERATOR_FAILED:  # not a request: nothing delivered
                 raise outcome[1]
