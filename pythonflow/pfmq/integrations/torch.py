@@ -32,14 +32,12 @@ the start of the epoch, as ``DistributedSampler`` does. Loader worker processes 
 ``DataLoader(num_workers=n)`` split their rank's share again, item ``j`` to worker ``j % n``; they
 reach the broker through its frontend address, which must then be ``ipc://`` or ``tcp://``.
 """
-import hashlib
 import inspect
 import logging
 import os
 import weakref
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Tuple, Union
 
-import numpy as np
 import torch
 import torch.distributed
 import torch.utils.data
@@ -48,6 +46,7 @@ from ..broker import Broker
 from ..cluster import LocalCluster
 from ..common import check_address
 from ..task import Task
+from .torch_helpers import map_leaves, pinned, rank_share, stream_seed, to_tensors
 
 LOGGER = logging.getLogger(__name__)
 
@@ -65,77 +64,6 @@ class _Remote(NamedTuple):
 
     address: str
     options: dict
-
-
-def _map_leaves(function: Callable, obj: Any) -> Any:
-    """``obj`` with ``function`` applied to everything nested in its tuples, lists and dicts."""
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple keeps its type
-        return type(obj)(*(_map_leaves(function, item) for item in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_map_leaves(function, item) for item in obj)
-    if isinstance(obj, dict):
-        return {key: _map_leaves(function, value) for key, value in obj.items()}
-    return function(obj)
-
-
-def _as_tensor(obj: Any) -> Any:
-    if not isinstance(obj, np.ndarray) or obj.dtype.hasobject or obj.dtype.kind in "USV":
-        return obj
-    if not obj.flags.writeable or not obj.dtype.isnative:
-        obj = obj.astype(obj.dtype.newbyteorder("="))  # a copy, writable, in native order
-    try:
-        return torch.from_numpy(obj)
-    except TypeError:  # a dtype torch does not have
-        return obj
-
-
-def _pinned(obj: Any) -> Any:
-    return obj.pin_memory() if isinstance(obj, torch.Tensor) else obj
-
-
-def to_tensors(obj: Any) -> Any:
-    """Turn the numpy arrays in ``obj`` (nested in tuples, lists and dicts) into tensors.
-
-    A writable array becomes a tensor sharing its memory (``torch.from_numpy``): nothing is
-    copied. A read-only array or one in foreign byte order is copied, since a tensor is always
-    writable and in native order; arrays of a dtype that torch lacks (strings, objects) stay
-    as they are.
-    """
-    return _map_leaves(_as_tensor, obj)
-
-
-def rank_share(requests: Iterable, rank: int, world_size: int,
-               drop_last: bool = False) -> Iterator:
-    """Yield the requests of ``rank``: request ``i`` goes to rank ``i % world_size``.
-
-    Every rank gets the same number of requests: with ``drop_last`` the last round that does not
-    reach every rank is dropped (each rank holds back one request until its round is complete);
-    otherwise the ranks short of one repeat requests from the start, as ``DistributedSampler``
-    pads. Reads ``requests`` lazily, keeping at most ``world_size`` of them.
-    """
-    head = []  # the first round, for padding
-    held = None  # drop_last: this rank's request of the current round, until it is complete
-    count = 0
-    for index, request in enumerate(requests):
-        count = index + 1
-        if index < world_size and not drop_last:
-            head.append(request)
-        if index % world_size == rank:
-            if not drop_last:
-                yield request
-                continue
-            held = request
-        if drop_last and index % world_size == world_size - 1 and held is not None:
-            yield held
-            held = None
-    short = count % world_size
-    if short and not drop_last and rank >= short:
-        yield head[(rank - short) % count]
-
-
-def _stream_seed(seed: int, epoch: int, rank: int, worker: int) -> int:
-    digest = hashlib.sha256(f"pfmq-torch:{seed}:{epoch}:{rank}:{worker}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1  # a Task seed is below 2**63
 
 
 def _frontend(source) -> Tuple[str, dict]:
@@ -224,6 +152,17 @@ class IterableDataset(torch.utils.data.IterableDataset):
     **task_options
         Keyword arguments for :class:`~pythonflow.pfmq.Task` such as ``timeout``,
         ``cache_size`` or ``errors`` (with ``errors='skip'``, ranks may yield different counts).
+
+    Notes
+    -----
+    :meth:`state_dict` is the position of the consumer in the current epoch (items yielded, and
+    the task's :meth:`~pythonflow.pfmq.Task.state_dict`), cheap to take at every step in the
+    thread that iterates. A dataset given it with :meth:`load_state_dict` yields, at its next
+    iteration, exactly the items that the saved one would have yielded next, whatever the
+    number of pfmq workers; for that, ``requests(epoch)`` must give the same requests each time
+    it is called for an epoch. The state of an epoch that was iterated to its end resumes as an
+    empty iteration; the iteration after it goes over the epoch again, so call
+    :meth:`set_epoch` between epochs.
     """
 
     def __init__(self, source: Union[Broker, LocalCluster, str],
@@ -414,11 +353,11 @@ class _Iteration:
                 raise StopIteration
             item = (dataset.collate_fn or torch.utils.data.default_collate)(items)
         self.yielded += 1
-        return _map_leaves(_pinned, item) if dataset.pin_memory else item
+        return map_leaves(pinned, item) if dataset.pin_memory else item
 
     def _open(self) -> None:
         dataset = self.dataset
-        seed = None if dataset.seed is None else _stream_seed(
+        seed = None if dataset.seed is None else stream_seed(
             dataset.seed, self.epoch, self.placement["rank"], self.placement["worker"])
         self.task = dataset._open_task(dataset.epoch_requests(self.epoch, self.placement), seed,
                                        self.task_state)
