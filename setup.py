@@ -11,6 +11,8 @@ with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as fp:
 DEMO = ["scipy", "pillow", "tqdm"]
 MSGPACK = ["msgpack>=1.0"]
 IPYPARALLEL = ["ipyparallel>=8"]
+# Pinned: a looser requirement lets pip take a CUDA build of several GB where a CPU one will do.
+TORCH = ["torch==2.13.0"]
 # The guide's pictures run the demo's image graph, and the performance chart is matplotlib's.
 DOCS = ["sphinx>=7", "matplotlib>=3.6"] + DEMO
 TEST = ["pytest>=7", "pytest-timeout>=2"] + MSGPACK + IPYPARALLEL + DOCS
@@ -30,6 +32,7 @@ setup(
         "demo": DEMO,
         "msgpack": MSGPACK,
         "ipyparallel": IPYPARALLEL,
+        "torch": TORCH,
         "docs": DOCS,
         "test": TEST,
     },

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.timeout(90)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "pythonflow")
 SUBPACKAGES = ("pythonflow.pfmq.demo", "pythonflow.pfmq.bench", "pythonflow.pfmq.integrations")
-# Only the command line, the front of everything, reaches into the sub-packages.
-FRONTS = ("pythonflow.pfmq.cli", "pythonflow.pfmq.__main__")
+# Only the command line, the front of everything, reaches into the sub-packages; and
+# pythonflow.pfmq.torch, the short name of the PyTorch integration, which nothing imports.
+FRONTS = ("pythonflow.pfmq.cli", "pythonflow.pfmq.__main__", "pythonflow.pfmq.torch")
 
 
 def modules():
@@ -115,7 +116,7 @@ def test_importing_the_library_loads_no_optional_dependency():
     result = run_python(
         "import sys; import pythonflow; from pythonflow import pfmq; import pythonflow.pfmq.cli; "
         "print(sorted(m for m in sys.modules if m.partition('.')[0] in "
-        "{'PIL', 'scipy', 'tqdm', 'matplotlib', 'ipyparallel'} or m.startswith(%r)))"
+        "{'PIL', 'scipy', 'tqdm', 'matplotlib', 'ipyparallel', 'torch'} or m.startswith(%r)))"
         % (SUBPACKAGES,), env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
