@@ -124,11 +124,11 @@ class Outbox:
         return [entry for entry in self.sent if entry[1] is kind]
 
 
-def make_scheduler(heartbeat_interval=1.0):
+def make_scheduler(heartbeat_interval=1.0, max_attempts=3):
     to_tasks, to_workers = Outbox(), Outbox()
     scheduler = Scheduler(to_tasks, to_workers, incarnation=1,
                           heartbeat_interval=heartbeat_interval, heartbeat_liveness=3,
-                          max_attempts=3)
+                          max_attempts=max_attempts)
     return scheduler, to_tasks, to_workers
 
 
@@ -206,6 +206,108 @@ def test_a_job_answered_elsewhere_still_frees_its_holders_slot():
     done(scheduler, 1, OTHER_WORKER)  # too late for the task, but its slot is free again
     assert len(to_tasks.kinds(Kind.RESULT)) == 1
     assert credit(scheduler, OTHER_WORKER) == 1 and credit(scheduler, WORKER) == 1
+
+
+# -- Fault 7: blame for a worker's death -------------------------------------------------------
+
+
+class Pool:
+    """Workers that run what the scheduler sends them, in order; the poison kills its worker.
+
+    A worker that dies takes with it the DONE of every job it finished in the same step: ZeroMQ
+    sends in the background, and a process killed right after a send may not have sent it. A
+    supervisor replaces every dead worker, as a process manager would.
+    """
+
+    def __init__(self, scheduler, to_workers, size, slots, poison):
+        self.scheduler, self.to_workers = scheduler, to_workers
+        self.size, self.slots, self.poison = size, slots, poison
+        self.held = {}  # worker id -> job ids received, not yet answered
+        self.seen = 0  # messages of to_workers already handed to the workers
+        self.started = 0
+        self.pings = 0
+
+    def step(self):
+        while len(self.held) < self.size:
+            self.started += 1
+            worker_id = b"%015d" % self.started + b"w"
+            self.held[worker_id] = []
+            ready(self.scheduler, worker_id, slots=self.slots)
+        self.scheduler.dispatch()
+        for peer, kind, fields in self.to_workers.sent[self.seen:]:
+            if kind is Kind.JOB:
+                self.held[peer].append(fields[0])
+        self.seen = len(self.to_workers.sent)
+        for worker_id, jobs in list(self.held.items()):
+            if self.poison in jobs:  # it dies, and the DONEs of the jobs before it die with it
+                del self.held[worker_id]
+                continue
+            for job_id in jobs:
+                done(self.scheduler, job_id, worker_id)
+            jobs.clear()
+        self.scheduler.now += 10.0  # the dead are noticed; the living and the task speak
+        self.pings += 1
+        self.scheduler.on_task_message(TASK, Kind.PING, (self.pings, 1000), [])
+        for worker_id in self.held:
+            self.scheduler.on_worker_message(b"H" * 16, Kind.PING, (self.pings, 1000),
+                                             [zmq.Frame(worker_id)])
+        self.scheduler.expire_silent_peers()
+
+
+@pytest.mark.parametrize("workers, slots, poison", [(1, 2, 1), (1, 3, 2), (2, 2, 2), (3, 2, 0)])
+def test_only_the_poison_job_is_blamed_for_the_deaths_it_causes(workers, slots, poison):
+    max_attempts = 2
+    scheduler, to_tasks, to_workers = make_scheduler(max_attempts=max_attempts)
+    for job_id in range(4):
+        submit(scheduler, job_id)
+    pool = Pool(scheduler, to_workers, workers, slots, poison)
+    for _ in range(12):
+        pool.step()
+    answered = sorted(fields[0] for _, _, fields in to_tasks.kinds(Kind.RESULT))
+    failed = [fields[0] for _, _, fields in to_tasks.kinds(Kind.FAILED)]
+    assert failed == [poison], "an innocent job was blamed for the poison's deaths"
+    assert answered == [job_id for job_id in range(4) if job_id != poison]
+    # Each death is counted only where it is certain; one uncertain death may come first.
+    assert max_attempts <= scheduler.counters["workers_lost"] <= max_attempts + 1
+    assert not scheduler.tasks[TASK].pending
+
+
+def test_an_isolated_job_does_not_wait_behind_a_stream_of_other_jobs():
+    """With every worker busy, one is reserved: it takes no new jobs until it has answered."""
+    scheduler, to_tasks, to_workers = make_scheduler()
+    ready(scheduler, WORKER, slots=2)
+    ready(scheduler, OTHER_WORKER, slots=2)
+    for job_id in range(40):
+        submit(scheduler, job_id)
+    scheduler.dispatch()
+    held_by_worker = [fields[0] for peer, kind, fields in to_workers.sent
+                      if kind is Kind.JOB and peer == WORKER]
+    assert len(held_by_worker) == 2
+    scheduler.now = 10.0  # WORKER dies holding two jobs: either may have killed it
+    scheduler.on_task_message(TASK, Kind.PING, (1, 1000), [])
+    scheduler.on_worker_message(b"H" * 16, Kind.PING, (1, 1000), [zmq.Frame(OTHER_WORKER)])
+    scheduler.expire_silent_peers()
+    assert WORKER not in scheduler.workers
+    first, second = held_by_worker
+    sent_before = len(to_workers.sent)
+    busy = [fields[0] for peer, kind, fields in to_workers.sent
+            if kind is Kind.JOB and peer == OTHER_WORKER]
+    for job_id in busy:  # the survivor answers; it is reserved, so it gets nothing new
+        done(scheduler, job_id, OTHER_WORKER)
+        scheduler.dispatch()
+    jobs_after = [(peer, fields[0]) for peer, kind, fields in to_workers.sent[sent_before:]
+                  if kind is Kind.JOB]
+    assert jobs_after == [(OTHER_WORKER, first)], "the isolated job goes first, and alone"
+    done(scheduler, first, OTHER_WORKER)
+    scheduler.dispatch()
+    jobs_after = [(peer, fields[0]) for peer, kind, fields in to_workers.sent[sent_before:]
+                  if kind is Kind.JOB]
+    assert jobs_after == [(OTHER_WORKER, first), (OTHER_WORKER, second)]
+    done(scheduler, second, OTHER_WORKER)
+    scheduler.dispatch()  # nothing left to isolate: the stream flows again, two at a time
+    assert len([1 for peer, kind, _ in to_workers.sent[sent_before:] if kind is Kind.JOB]) == 4
+    answered = {fields[0] for _, _, fields in to_tasks.kinds(Kind.RESULT)}
+    assert answered == {first, second, *busy}
 
 
 # -- Fault 8: replayed heartbeats ---------------------------------------------------------------

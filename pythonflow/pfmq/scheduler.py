@@ -9,10 +9,18 @@ the two ``send`` callables the broker provides, which return ``False`` when the 
 States of a job: *queued* in its task's queue, *held* by one worker, then *settled* when the first
 result for it arrives (later results for it are dropped: the consumer sees each result once).
 Tasks take turns (round robin), so a long ``imap`` does not starve a concurrent ``apply``; each
-job goes to the worker with the most free credit. A worker that stops sending heartbeats is
-presumed dead; the jobs it held go back to the front of their queues, and the oldest of them (the
-one it was running: workers run jobs in the order they got them) counts an attempt. After
-``max_attempts`` the job fails with :data:`~pythonflow.pfmq.protocol.Kind.FAILED`.
+job goes to the worker with the most free credit.
+
+A worker that stops sending heartbeats is presumed dead, and the jobs it held are sent again.
+Which of them killed it is known only when it held one job and nothing else: a worker that dies
+may take with it the ``DONE`` of the job it had just finished (ZeroMQ had not sent it yet), so
+"the oldest job it held" may be one it had answered. A death therefore counts an attempt only
+for a job its worker held alone; the jobs of any other death are *isolated* first: each is sent
+again to a worker that holds nothing else and gets nothing else until it answers (when none is
+idle, one is *reserved*: it gets no new jobs until it has answered those it holds). A poison job
+thus costs at most ``max_attempts + 1`` workers, and an innocent one that shared a worker with it
+is never blamed. After ``max_attempts`` counted deaths the job fails with
+:data:`~pythonflow.pfmq.protocol.Kind.FAILED`.
 
 A worker's credit (its free slots) drops with each job sent and comes back with the ``DONE`` of a
 job it held, once: also for a job it held whose task was cancelled meanwhile or that another
@@ -36,7 +44,8 @@ MAX_PEER_INTERVAL = 60.0
 
 
 class _Job:
-    __slots__ = ("task_id", "job_id", "spec", "payload", "attempts", "worker", "settled")
+    __slots__ = ("task_id", "job_id", "spec", "payload", "attempts", "worker", "settled",
+                 "isolated")
 
     def __init__(self, task_id, spec, payload):
         self.task_id = task_id
@@ -46,6 +55,7 @@ class _Job:
         self.attempts = 0
         self.worker = None
         self.settled = False
+        self.isolated = False  # sent again only to a worker that holds nothing else
 
 
 class _TaskRecord:
@@ -62,7 +72,7 @@ class _TaskRecord:
 
 class _WorkerRecord:
     __slots__ = ("id", "capacity", "credit", "jobs", "revoked", "last_seen", "lapse", "completed",
-                 "last_ping")
+                 "last_ping", "alone_with")
 
     def __init__(self, worker_id, capacity, credit, now, lapse):
         self.id = worker_id
@@ -76,6 +86,17 @@ class _WorkerRecord:
         self.lapse = lapse  # silent this long: presumed dead
         self.completed = 0
         self.last_ping = 0  # the number of the last heartbeat believed, see _on_worker_ping
+        self.alone_with = None  # the key of the isolated job last sent to it
+
+    @property
+    def idle(self) -> bool:
+        """Whether it holds nothing, not even a job that no longer counts, and has credit."""
+        return not self.jobs and not self.revoked and self.credit > 0
+
+    @property
+    def alone(self) -> bool:
+        """Whether it runs an isolated job, and so must get nothing else until it answers."""
+        return self.alone_with in self.jobs or self.alone_with in self.revoked
 
     def release(self, key) -> bool:
         """Forget that the worker holds job ``key``; whether it did (then a slot is free)."""
@@ -121,6 +142,8 @@ class Scheduler:
         self.tasks = {}
         self.workers = {}
         self.ready_tasks = collections.deque()  # tasks with queued jobs, in turn
+        self.isolated = collections.deque()  # jobs to send to a worker holding nothing else
+        self._reserved = None  # the id of the worker that drains for the next isolated job
         self.counters = collections.Counter()
 
     # -- tasks -----------------------------------------------------------------------------------
@@ -291,24 +314,31 @@ class Scheduler:
             self._forget_task(self.tasks[task_id])
 
     def _remove_worker(self, worker, died):
-        """Forget a worker; the jobs it held go back to the front of their queues."""
+        """Forget a worker; the jobs it held are sent again, isolated if it died."""
         del self.workers[worker.id]
         jobs = list(worker.jobs.values())
-        if died and jobs:
-            running = jobs[0]  # workers run jobs in the order they got them
-            running.attempts += 1
-            if running.attempts >= self.max_attempts:
-                jobs.pop(0)
-                self._fail(running, f"its workers died {running.attempts} times while running it")
-        self._requeue(jobs)
+        if died and len(jobs) == 1 and not worker.revoked:
+            # It held nothing else, so this is the job it died running (if it died running one).
+            blamed = jobs[0]
+            blamed.attempts += 1
+            if blamed.attempts >= self.max_attempts:
+                jobs.pop()
+                self._fail(blamed, f"its workers died {blamed.attempts} times while running it")
+        self._requeue(jobs, isolate=died)
 
-    def _requeue(self, jobs):
+    def _requeue(self, jobs, isolate=False):
+        """Put ``jobs`` back in order, at the front of their queues or of the isolated ones."""
         for job in reversed(jobs):
             job.worker = None
             task = self.tasks.get(job.task_id)
-            if task is not None and not job.settled:
+            if task is None or job.settled:
+                continue
+            self.counters["requeued"] += 1
+            if isolate or job.isolated:
+                job.isolated = True
+                self.isolated.appendleft(job)
+            else:
                 self._enqueue(task, job, front=True)
-                self.counters["requeued"] += 1
 
     def _fail(self, job, reason):
         self._settle(job.task_id, job.job_id)
@@ -317,10 +347,12 @@ class Scheduler:
         self._send_to_task(job.task_id, Kind.FAILED, job.job_id, body=[reason.encode()])
 
     def dispatch(self):
-        """Send queued jobs to the workers with the most free credit, one task at a time."""
+        """Send queued jobs: isolated ones first, then the others to the workers with the most
+        free credit, one task at a time."""
+        self._dispatch_isolated()
         while self.ready_tasks:
-            worker = max(self.workers.values(), key=lambda w: w.credit, default=None)
-            if worker is None or worker.credit <= 0:
+            worker = self._free_worker()
+            if worker is None:
                 return
             task = self.ready_tasks.popleft()  # listed only while its queue holds jobs
             job = task.queue.popleft()
@@ -328,16 +360,53 @@ class Scheduler:
                 self.ready_tasks.append(task)
             else:
                 task.ready = False
+            if not job.settled:
+                self._send_job(worker, job)
+
+    def _free_worker(self):
+        """The worker with the most free credit that may take any job, or None."""
+        best = None
+        for worker in self.workers.values():
+            if worker.credit > 0 and (best is None or worker.credit > best.credit) and (
+                    worker.id != self._reserved and not worker.alone):
+                best = worker
+        return best
+
+    def _dispatch_isolated(self):
+        """Send each isolated job to an idle worker, reserving one to drain when none is."""
+        while self.isolated:
+            job = self.isolated[0]
             if job.settled:
+                self.isolated.popleft()
                 continue
-            if self._send_to_worker(worker.id, Kind.JOB, *job.spec, body=[job.task_id],
-                                    payload=job.payload):
-                worker.credit -= 1
-                worker.jobs[(job.task_id, job.job_id)] = job
-                job.worker = worker.id
-            else:
-                self._enqueue(task, job, front=True)
-                self._remove_worker(worker, died=False)
+            worker = self._idle_worker()
+            if worker is None:
+                return
+            self.isolated.popleft()
+            if self._send_job(worker, job):
+                worker.alone_with = (job.task_id, job.job_id)
+        self._reserved = None
+
+    def _idle_worker(self):
+        """An idle worker; else None, after reserving the least busy one if none is reserved."""
+        idle = next((worker for worker in self.workers.values() if worker.idle), None)
+        if idle is None and self._reserved not in self.workers:
+            candidates = [w for w in self.workers.values() if w.credit > 0 and not w.alone]
+            if candidates:
+                self._reserved = min(candidates, key=lambda w: len(w.jobs) + len(w.revoked)).id
+        return idle
+
+    def _send_job(self, worker, job) -> bool:
+        """Send ``job`` to ``worker``; if the worker is gone, requeue the job and forget it."""
+        if self._send_to_worker(worker.id, Kind.JOB, *job.spec, body=[job.task_id],
+                                payload=job.payload):
+            worker.credit -= 1
+            worker.jobs[(job.task_id, job.job_id)] = job
+            job.worker = worker.id
+            return True
+        self._requeue([job])
+        self._remove_worker(worker, died=False)
+        return False
 
     def expire_silent_peers(self):
         """Forget workers and tasks silent for longer than their lapse; requeue what they held."""
