@@ -14,15 +14,16 @@ by it: :mod:`pythonflow.pfmq.demo` (the ``pfmq demo`` image pipeline, with the `
 from . import security, serializers
 from .broker import Broker
 from .cluster import LocalCluster
-from .errors import RemoteError, WorkerDiedError
+from .errors import ProtocolError, RemoteError, SerializationError, WorkerDiedError
 from .security import CurveClient, CurveServer
-from .serialization import PickleSerializer, SerializationError, Serializer
+from .serialization import CallableSerializer, PickleSerializer, Serializer
 from .serializers import MsgpackSerializer
 from .task import Task, apply, query_status
 from .worker import GraphTarget, Worker
 
 __all__ = [
     "Broker", "Worker", "GraphTarget", "Task", "apply", "query_status", "LocalCluster",
-    "RemoteError", "WorkerDiedError", "SerializationError", "Serializer", "PickleSerializer",
-    "MsgpackSerializer", "CurveServer", "CurveClient", "security", "serializers",
+    "RemoteError", "WorkerDiedError", "ProtocolError", "SerializationError", "Serializer",
+    "PickleSerializer", "CallableSerializer", "MsgpackSerializer", "CurveServer", "CurveClient",
+    "security", "serializers",
 ]

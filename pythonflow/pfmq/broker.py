@@ -36,7 +36,8 @@ from .common import (
     resolve_key,
     waiting_messages,
 )
-from .protocol import Kind, ProtocolError
+from .errors import ProtocolError
+from .protocol import Kind
 from .scheduler import Scheduler
 
 LOGGER = logging.getLogger(__name__)

@@ -14,8 +14,9 @@ import zmq
 
 from . import protocol
 from .common import dealer, key_hint, waiting_messages
+from .errors import ProtocolError
 from .jobs import read_job
-from .protocol import Kind, ProtocolError
+from .protocol import Kind
 
 LOGGER = logging.getLogger(__name__)
 

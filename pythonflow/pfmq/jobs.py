@@ -19,8 +19,9 @@ import numpy as np
 
 from . import protocol
 from .common import RateLimitedLogger
-from .protocol import COMPLETED, ERROR, OK, SERIALIZATION_ERROR, Kind, ProtocolError
-from .serialization import SerializationError, Serializer, encode_outcomes
+from .errors import ProtocolError, SerializationError
+from .protocol import COMPLETED, ERROR, OK, SERIALIZATION_ERROR, Kind
+from .serialization import Serializer, encode_outcomes
 
 LOGGER = logging.getLogger(__name__)
 

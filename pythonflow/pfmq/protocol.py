@@ -91,6 +91,13 @@ the list of its requests; a ``DONE``/``RESULT`` payload is the list of their out
 each one of ``(OK, value)``, ``(ERROR, exception, remote_traceback)`` or
 ``(SERIALIZATION_ERROR, message)``. ``DONE`` with status :data:`CANCELLED` has an empty payload
 (only its seal, when keyed): the worker skipped a job whose task was cancelled.
+
+Outcomes
+--------
+Beside the three codes that travel, a task makes two of its own: ``(WORKERS_DIED, reason)`` for a
+request the broker failed with ``FAILED``, and ``(ITERATOR_FAILED, exception)`` in the place of
+the request its iterator raised instead of yielding. :func:`exception_for` turns a failed outcome
+into the exception the consumer gets.
 """
 import enum
 import hashlib
@@ -98,6 +105,8 @@ import hmac
 import os
 import struct
 from typing import Optional, Sequence
+
+from .errors import ProtocolError, RemoteError, SerializationError, WorkerDiedError
 
 VERSION = 1
 SIGNATURE_SIZE = 32
@@ -107,6 +116,9 @@ ID_SIZE = 16
 OK = 0
 ERROR = 1
 SERIALIZATION_ERROR = 2
+#: Outcomes made at the task itself, beside those that come from workers.
+WORKERS_DIED = 10
+ITERATOR_FAILED = 11
 
 # DONE statuses.
 COMPLETED = 0
@@ -153,10 +165,6 @@ FIELDS = {
 _STRUCTS = {kind: struct.Struct("!BB" + fmt) for kind, fmt in FIELDS.items()}
 _KINDS = {int(kind): kind for kind in Kind}  # a dict look-up is cheaper than calling the enum
 _JOB_ID = struct.Struct("!Q")
-
-
-class ProtocolError(ValueError):
-    """A message that does not follow the protocol (bad layout, version, kind or signature)."""
 
 
 #: The most requests one job may carry; larger claims are refused as malformed.
@@ -321,3 +329,30 @@ def _mac(key, frames, prefix=b"") -> bytes:
         mac.update(struct.pack("!Q", memoryview(data).nbytes))
         mac.update(data)
     return mac.digest()
+
+
+def exception_for(index: int, outcome: tuple) -> BaseException:
+    """The exception that the failed ``outcome`` of request ``index`` stands for."""
+    code = outcome[0]
+    if code == ERROR:
+        original, remote_traceback = outcome[1], outcome[2]
+        remote = RemoteError(f"request {index} failed on a worker", remote_traceback)
+        if original is None:
+            return remote
+        original.__cause__ = remote
+        original.__suppress_context__ = True
+        if isinstance(original, (StopIteration, StopAsyncIteration)):
+            # Raised at the consumer it would end the consumer's loop as if every result were
+            # in; wrapped as PEP 479 wraps one escaping a generator.
+            wrapped = RuntimeError(f"request {index} raised {type(original).__name__} on a "
+                                   f"worker")
+            wrapped.__cause__ = original
+            return wrapped
+        return original
+    if code == SERIALIZATION_ERROR:
+        return SerializationError(f"request {index}: {outcome[1]}")
+    if code == WORKERS_DIED:
+        return WorkerDiedError(f"request {index} failed: {outcome[1]}")
+    if code == ITERATOR_FAILED:
+        return outcome[1]
+    return RemoteError(f"request {index}: unknown outcome {code!r}")

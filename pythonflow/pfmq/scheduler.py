@@ -33,7 +33,8 @@ import logging
 from typing import Callable
 
 from . import protocol
-from .protocol import COMPLETED, Kind, ProtocolError
+from .errors import ProtocolError
+from .protocol import COMPLETED, Kind
 
 LOGGER = logging.getLogger(__name__)
 _MAX_SLOTS = 1024  # a worker claiming more request slots is not believed

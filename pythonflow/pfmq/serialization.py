@@ -12,14 +12,11 @@ User-supplied ``dumps``/``loads`` (as in Pythonflow: object to ``bytes`` and bac
 import pickle
 from typing import Any, Callable, List, Optional
 
+from .errors import SerializationError
 from .protocol import ERROR, SERIALIZATION_ERROR
 
 __all__ = ["SerializationError", "Serializer", "PickleSerializer", "CallableSerializer",
            "make_serializer"]
-
-
-class SerializationError(RuntimeError):
-    """An object could not be serialised or deserialised."""
 
 
 def _view(frame):

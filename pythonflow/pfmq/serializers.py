@@ -26,7 +26,8 @@ from typing import Any, List
 
 import numpy as np
 
-from .serialization import PickleSerializer, SerializationError, Serializer, _view
+from .errors import RemoteError, SerializationError
+from .serialization import PickleSerializer, Serializer, _view
 
 __all__ = ["MsgpackSerializer", "by_name", "dumps", "loads"]
 
@@ -197,8 +198,6 @@ def _plain_copy(value):
 
 def _rebuild_exception(type_name, args, message):
     """A built-in exception type by name, anything else as a RemoteError; never imports."""
-    from .errors import RemoteError
-
     if not isinstance(type_name, str) or not isinstance(args, list):
         raise SerializationError("malformed exception")
     candidate = getattr(builtins, type_name, None) if type_name not in _NOT_REBUILT else None

@@ -16,8 +16,8 @@ import zmq
 
 from . import protocol
 from .common import HEARTBEAT_INTERVAL, Wakeup, check_address, dealer, resolve_key
-from .errors import ITERATOR_FAILED, exception_for
-from .protocol import OK, Kind, ProtocolError
+from .errors import ProtocolError
+from .protocol import ITERATOR_FAILED, OK, Kind, exception_for
 from .serialization import make_serializer
 from .stream import Stream
 
