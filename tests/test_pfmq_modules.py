@@ -41,3 +41,19 @@ def test_each_failed_outcome_stands_for_one_exception(outcome, expected):
     assert type(exception) is expected
     if expected is not OSError:
         assert "request 3" in str(exception) or "request 3" in str(exception.__cause__)
+
+
+def test_one_module_serialises_and_the_old_address_only_points_there():
+    from pythonflow.pfmq import serialization, serializers
+
+    for name in serializers.__all__:
+        assert getattr(serializers, name) is getattr(serialization, name)
+    definitions = [node for node in parse("serializers").body
+                   if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Assign))
+                   and not (isinstance(node, ast.Assign) and node.targets[0].id == "__all__")]
+    assert not definitions, "serializers.py defines nothing of its own"
+    imported = {node.module for node in ast.walk(parse("serialization"))
+                if isinstance(node, ast.ImportFrom)}
+    assert "serializers" not in imported
+    assert isinstance(serialization.make_serializer(serializer="msgpack"),
+                      serialization.MsgpackSerializer)

@@ -197,8 +197,8 @@ def unpack_job_id(frame: bytes) -> int:
     return _JOB_ID.unpack(frame)[0]
 
 
-def _buffer(frame):
-    """The bytes-like content of a frame, whether ``bytes`` or ``zmq.Frame``."""
+def frame_buffer(frame) -> memoryview:
+    """The bytes-like content of a received frame, ``bytes`` or ``zmq.Frame``, without a copy."""
     return getattr(frame, "buffer", frame)
 
 
@@ -253,7 +253,7 @@ class Wire:
         if self.key is not None:
             if len(frames) < 2:
                 raise ProtocolError("unsigned message: no signature frame")
-            signature = bytes(_buffer(frames[-1]))
+            signature = bytes(frame_buffer(frames[-1]))
             frames = frames[:-1]
         try:
             kind, header = _kind_of(frames[0])
@@ -295,7 +295,7 @@ class Wire:
             return list(sealed)
         if not sealed:
             raise ProtocolError("payload without its seal")
-        payload, seal = sealed[:-1], bytes(_buffer(sealed[-1]))
+        payload, seal = sealed[:-1], bytes(frame_buffer(sealed[-1]))
         expected = _mac(self.key, payload, purpose + _JOB_ID.pack(job_id))
         if not hmac.compare_digest(seal, expected):
             raise ProtocolError("payload seal mismatch: check the shared key (PFMQ_KEY)")
@@ -303,7 +303,7 @@ class Wire:
 
 
 def _kind_of(header_frame):
-    header = bytes(_buffer(header_frame))
+    header = bytes(frame_buffer(header_frame))
     if len(header) < 2:
         raise ProtocolError("header too short")
     if header[0] != VERSION:
@@ -325,7 +325,7 @@ def _signed_part(kind, frames):
 def _mac(key, frames, prefix=b"") -> bytes:
     mac = hmac.new(key, prefix, digestmod=hashlib.sha256)
     for frame in frames:
-        data = _buffer(frame)
+        data = frame_buffer(frame)
         mac.update(struct.pack("!Q", memoryview(data).nbytes))
         mac.update(data)
     return mac.digest()
