@@ -13,10 +13,10 @@ from pfmq_helpers import running_broker, thread_workers, wait_for_workers, wait_
 
 from pythonflow import pfmq
 from pythonflow.pfmq import protocol
-from pythonflow.pfmq.common import RateLimitedLogger
 from pythonflow.pfmq.integrations import ipyparallel as pfmq_ipyparallel
 from pythonflow.pfmq.protocol import CANCELLED, COMPLETED, Kind, ProtocolError, Wire
 from pythonflow.pfmq.scheduler import Scheduler
+from pythonflow.pfmq.transport import RateLimitedLogger
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -57,3 +57,18 @@ def test_one_module_serialises_and_the_old_address_only_points_there():
     assert "serializers" not in imported
     assert isinstance(serialization.make_serializer(serializer="msgpack"),
                       serialization.MsgpackSerializer)
+
+
+def test_shared_pieces_live_with_their_concern_not_in_a_common_module():
+    from pythonflow.pfmq import lifecycle, liveness, security, transport
+
+    assert not os.path.exists(os.path.join(PFMQ, "common.py"))
+    homes = {transport: ["check_address", "dealer", "waiting_messages", "Wakeup",
+                         "RateLimitedLogger"],
+             security: ["resolve_key", "key_hint"], lifecycle: ["Service"],
+             liveness: ["HEARTBEAT_INTERVAL", "HEARTBEAT_LIVENESS"]}
+    for module, names in homes.items():
+        for name in names:
+            assert name in module.__all__, (module.__name__, name)
+            value = getattr(module, name)
+            assert getattr(value, "__module__", module.__name__) == module.__name__

@@ -26,19 +26,13 @@ from typing import Optional
 import zmq
 
 from . import protocol
-from .common import (
-    HEARTBEAT_INTERVAL,
-    HEARTBEAT_LIVENESS,
-    RateLimitedLogger,
-    Service,
-    Wakeup,
-    check_address,
-    resolve_key,
-    waiting_messages,
-)
 from .errors import ProtocolError
+from .lifecycle import Service
+from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
 from .protocol import Kind
 from .scheduler import Scheduler
+from .security import is_loopback, resolve_key
+from .transport import RateLimitedLogger, Wakeup, check_address, waiting_messages
 
 LOGGER = logging.getLogger(__name__)
 _DRAIN = 256  # messages read from one socket before looking at the other
@@ -110,8 +104,6 @@ class Broker(Service):
 
     def _warn_if_exposed(self):
         """Warn when an address beyond loopback is bound and nothing checks who connects."""
-        from .security import is_loopback
-
         exposed = [a for a in (self.backend_address, self.frontend_address) if not is_loopback(a)]
         curve_checks_clients = self.curve is not None and (
             getattr(self.curve, "allowed_keys", None) is not None

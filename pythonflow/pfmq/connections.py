@@ -13,10 +13,11 @@ import time
 import zmq
 
 from . import protocol
-from .common import dealer, key_hint, waiting_messages
 from .errors import ProtocolError
 from .jobs import read_job
 from .protocol import Kind
+from .security import key_hint
+from .transport import dealer, waiting_messages
 
 LOGGER = logging.getLogger(__name__)
 

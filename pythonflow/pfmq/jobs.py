@@ -18,10 +18,10 @@ from typing import Any, Callable, List, NamedTuple, Optional
 import numpy as np
 
 from . import protocol
-from .common import RateLimitedLogger
 from .errors import ProtocolError, SerializationError
 from .protocol import COMPLETED, ERROR, OK, SERIALIZATION_ERROR, Kind
 from .serialization import Serializer, encode_outcomes
+from .transport import RateLimitedLogger
 
 LOGGER = logging.getLogger(__name__)
 

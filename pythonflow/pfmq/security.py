@@ -1,7 +1,8 @@
-"""CurveZMQ encryption and authentication between machines, and key generation.
+"""Shared keys, CurveZMQ encryption and authentication between machines, and key generation.
 
-A shared key (``key=`` or ``PFMQ_KEY``) makes every message tamper-proof, but anyone on the network
-path can still read the traffic. CurveZMQ encrypts it and authenticates both ends with public keys:
+A shared key (``key=`` or ``PFMQ_KEY``, see :func:`resolve_key`) makes every message tamper-proof
+(:class:`~pythonflow.pfmq.protocol.Wire` signs with it), but anyone on the network path can still
+read the traffic. CurveZMQ encrypts it and authenticates both ends with public keys:
 
 * the broker holds a server key pair (:class:`CurveServer`) and, optionally, an allow-list of the
   public keys of its clients (workers and tasks);
@@ -42,10 +43,10 @@ from zmq.auth.base import Authenticator
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
-from .common import RateLimitedLogger, Wakeup
+from .transport import RateLimitedLogger, Wakeup
 
 __all__ = ["CurveServer", "CurveClient", "generate_certificates", "generate_keypair",
-           "is_loopback"]
+           "is_loopback", "resolve_key", "key_hint"]
 
 LOGGER = logging.getLogger(__name__)
 KeyLike = Union[bytes, str]
@@ -55,6 +56,22 @@ PathLike = Union[str, "os.PathLike[str]"]
 # itself, which the handler holds: an id() could name another context later.
 _handlers = {}
 _handlers_lock = threading.Lock()
+
+
+def resolve_key(key: Optional[KeyLike] = None) -> Optional[bytes]:
+    """Return the shared key: ``key`` if given, else the ``PFMQ_KEY`` environment variable."""
+    if key is None:
+        key = os.environ.get("PFMQ_KEY") or None
+    if isinstance(key, str):
+        key = key.encode()
+    return key
+
+
+def key_hint(key: Optional[bytes]) -> str:
+    """Words added to "no answer from the broker" when a key is set: a mismatch looks the same."""
+    if key is None:
+        return ""
+    return " (a key is set: a key that differs from the broker's, see PFMQ_KEY, may be the cause)"
 
 
 def _key(value: KeyLike, what: str) -> bytes:

@@ -28,10 +28,11 @@ import time
 import zmq
 
 from . import protocol
-from .common import RateLimitedLogger, Wakeup, dealer, key_hint, waiting_messages
 from .errors import ProtocolError, SerializationError
 from .protocol import ITERATOR_FAILED, SERIALIZATION_ERROR, WORKERS_DIED, Kind
 from .reader import reader_for
+from .security import key_hint
+from .transport import RateLimitedLogger, Wakeup, dealer, waiting_messages
 
 LOGGER = logging.getLogger(__name__)
 

@@ -15,11 +15,13 @@ from typing import Any, Iterable, Optional
 import zmq
 
 from . import protocol
-from .common import HEARTBEAT_INTERVAL, Wakeup, check_address, dealer, resolve_key
 from .errors import ProtocolError
+from .liveness import HEARTBEAT_INTERVAL
 from .protocol import ITERATOR_FAILED, OK, Kind, exception_for
+from .security import resolve_key
 from .serialization import make_serializer
 from .stream import Stream
+from .transport import Wakeup, check_address, dealer
 
 LOGGER = logging.getLogger(__name__)
 

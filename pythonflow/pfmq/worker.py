@@ -32,19 +32,13 @@ from typing import Any, Callable, Optional
 import zmq
 
 from . import protocol
-from .common import (
-    HEARTBEAT_INTERVAL,
-    HEARTBEAT_LIVENESS,
-    RateLimitedLogger,
-    Service,
-    Wakeup,
-    check_address,
-    resolve_key,
-)
 from .connections import Heartbeat, Renewal, Session
 from .jobs import Evaluator, GraphTarget, seed_generators
-from .lifecycle import Lifecycle, State
+from .lifecycle import Lifecycle, Service, State
+from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from .security import resolve_key
 from .serialization import make_serializer
+from .transport import RateLimitedLogger, Wakeup, check_address
 
 __all__ = ["Worker", "GraphTarget", "State", "seed_generators"]
 

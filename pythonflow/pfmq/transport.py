@@ -1,20 +1,32 @@
-"""Small pieces shared by the broker, workers and tasks."""
+r"""The sockets between peers: connecting, draining what waits, waking a poller, logging garbage.
+
+Data flow::
+
+    dealer(...) --connect--> broker ROUTER          (sends never block: see dealer)
+    socket --waiting_messages--> frames --Wire.unpack--> handler
+                                             \--> a malformed message: RateLimitedLogger,
+                                                  one line per kind of complaint and interval
+    any thread --Wakeup.set()--> the thread blocked in zmq.Poller.poll wakes up
+
+Everything here is the same for tasks, workers and the broker; what the messages mean is theirs
+(see :mod:`~pythonflow.pfmq.protocol` for the frames).
+"""
 import logging
-import os
 import re
 import socket
 import threading
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import zmq
 
+if TYPE_CHECKING:  # the type of an argument only: security imports this module
+    from .security import CurveClient
+
+__all__ = ["check_address", "dealer", "waiting_messages", "Wakeup", "RateLimitedLogger"]
+
 LOGGER = logging.getLogger(__name__)
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: or-ing enum flags costs microseconds per message
-
-#: Seconds between heartbeats, and how many may be missed before a peer is presumed dead.
-HEARTBEAT_INTERVAL = 1.0
-HEARTBEAT_LIVENESS = 3
 
 # What varies between log messages of one kind: runs of digits, and hexadecimal runs long enough
 # to be ids rather than words (see RateLimitedLogger).
@@ -22,20 +34,14 @@ _VARYING = re.compile(r"\b[0-9a-fA-F]{8,}\b|\d+")
 _MAX_KEY_LENGTH = 200
 
 
-def resolve_key(key=None) -> Optional[bytes]:
-    """Return the shared key: ``key`` if given, else the ``PFMQ_KEY`` environment variable."""
-    if key is None:
-        key = os.environ.get("PFMQ_KEY") or None
-    if isinstance(key, str):
-        key = key.encode()
-    return key
-
-
-def key_hint(key) -> str:
-    """Words added to "no answer from the broker" when a key is set: a mismatch looks the same."""
-    if key is None:
-        return ""
-    return " (a key is set: a key that differs from the broker's, see PFMQ_KEY, may be the cause)"
+def check_address(address: str) -> str:
+    """Return ``address``; raise ``ValueError`` unless it looks like a ZeroMQ endpoint."""
+    if not isinstance(address, str) or "://" not in address:
+        raise ValueError(f"{address!r} is not a ZeroMQ address such as tcp://127.0.0.1:5555")
+    transport = address.split("://", 1)[0]
+    if transport not in {"tcp", "ipc", "inproc"}:
+        raise ValueError(f"{address!r}: transport must be tcp, ipc or inproc")
+    return address
 
 
 class _NeverBlockingSocket(zmq.Socket):
@@ -52,7 +58,8 @@ class _NeverBlockingSocket(zmq.Socket):
             return None
 
 
-def dealer(context: zmq.Context, address: str, routing_id: bytes, curve=None) -> zmq.Socket:
+def dealer(context: zmq.Context, address: str, routing_id: bytes,
+           curve: Optional["CurveClient"] = None) -> zmq.Socket:
     """A DEALER socket connected to ``address`` that never blocks a send and never lingers.
 
     ``curve`` (a :class:`~pythonflow.pfmq.security.CurveClient`) encrypts the connection unless
@@ -78,37 +85,6 @@ def waiting_messages(sock: zmq.Socket, limit: int = 1 << 30):
         if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             return
         yield sock.recv_multipart(copy=False)
-
-
-def check_address(address: str) -> str:
-    """Raise ``ValueError`` unless ``address`` looks like a ZeroMQ endpoint."""
-    if not isinstance(address, str) or "://" not in address:
-        raise ValueError(f"{address!r} is not a ZeroMQ address such as tcp://127.0.0.1:5555")
-    transport = address.split("://", 1)[0]
-    if transport not in {"tcp", "ipc", "inproc"}:
-        raise ValueError(f"{address!r}: transport must be tcp, ipc or inproc")
-    return address
-
-
-class Service:
-    """What the broker and workers share: a background thread, started on ``with`` entry and
-    cancelled on exit. Subclasses set ``_thread`` and define ``is_alive``, ``run_async`` and
-    ``cancel``."""
-
-    _thread: Optional[threading.Thread] = None
-
-    def __enter__(self):
-        if not self.is_alive:
-            self.run_async()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.cancel()
-
-    def _join(self, timeout: Optional[float]) -> None:
-        """Wait for the background thread, unless called from it."""
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
 
 
 class Wakeup:

@@ -1,4 +1,4 @@
-"""The small shared pieces of pfmq: the cross-thread wake-up and address checks."""
+"""The transport helpers of pfmq: the cross-thread wake-up and address checks."""
 import collections
 import threading
 import time
@@ -6,7 +6,7 @@ import time
 import pytest
 import zmq
 
-from pythonflow.pfmq.common import Wakeup, check_address
+from pythonflow.pfmq.transport import Wakeup, check_address
 
 pytestmark = pytest.mark.timeout(60)
 
