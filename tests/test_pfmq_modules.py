@@ -72,3 +72,53 @@ def test_shared_pieces_live_with_their_concern_not_in_a_common_module():
             assert name in module.__all__, (module.__name__, name)
             value = getattr(module, name)
             assert getattr(value, "__module__", module.__name__) == module.__name__
+
+
+#: The library's modules whose public signatures are fully typed and whose names are listed.
+TYPED = ["errors", "protocol", "serialization", "serializers", "transport", "security", "zap",
+         "broker", "scheduler", "worker", "jobs", "connections", "lifecycle", "liveness"]
+
+
+def public_functions(tree: ast.Module):
+    """(qualified name, node) of every public function and method, at any depth of classes."""
+    def walk(node, prefix, public):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                yield from walk(child, f"{prefix}{child.name}.",
+                                public and not child.name.startswith("_"))
+            elif isinstance(child, ast.FunctionDef) and public and (
+                    not child.name.startswith("_") or child.name == "__init__"):
+                yield prefix + child.name, child
+    return list(walk(tree, "", True))
+
+
+@pytest.mark.parametrize("module", TYPED)
+def test_public_signatures_are_typed_and_listed_in_all(module):
+    tree = parse(module)
+    assert any(isinstance(node, ast.Assign) and node.targets[0].id == "__all__"
+               for node in tree.body if isinstance(node, ast.Assign)), "no __all__"
+    untyped = []
+    for name, function in public_functions(tree):
+        arguments = function.args
+        for argument in (arguments.posonlyargs + arguments.args + arguments.kwonlyargs
+                         + [arguments.vararg, arguments.kwarg]):
+            if argument is not None and argument.arg not in ("self", "cls") and (
+                    argument.annotation is None):
+                untyped.append(f"{name}({argument.arg})")
+        if function.returns is None and name.rpartition(".")[2] != "__init__":
+            untyped.append(f"{name} -> ?")
+    assert not untyped
+
+
+def test_the_version_is_said_once():
+    import subprocess
+    import sys
+
+    import pythonflow
+
+    root = os.path.dirname(os.path.dirname(PFMQ))
+    with open(os.path.join(root, "setup.py"), encoding="utf-8") as file:
+        assert pythonflow.__version__ not in file.read()
+    result = subprocess.run([sys.executable, "setup.py", "--version"], cwd=root,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == pythonflow.__version__

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 import warnings
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import zmq
 
@@ -31,8 +31,13 @@ from .lifecycle import Service
 from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
 from .protocol import Kind
 from .scheduler import Scheduler
-from .security import is_loopback, resolve_key
+from .security import CurveServer, KeyLike, is_loopback, resolve_key
 from .transport import RateLimitedLogger, Wakeup, check_address, waiting_messages
+
+if TYPE_CHECKING:  # task.py imports the broker's peers, not the broker: imported when used
+    from .task import Task
+
+__all__ = ["Broker"]
 
 LOGGER = logging.getLogger(__name__)
 _DRAIN = 256  # messages read from one socket before looking at the other
@@ -75,8 +80,8 @@ class Broker(Service):
     def __init__(self, backend_address: str, frontend_address: Optional[str] = None,
                  start: bool = False, *, heartbeat_interval: float = HEARTBEAT_INTERVAL,
                  heartbeat_liveness: int = HEARTBEAT_LIVENESS, max_attempts: int = 3,
-                 max_message_size: Optional[int] = None, key=None, curve=None,
-                 context: Optional[zmq.Context] = None):
+                 max_message_size: Optional[int] = None, key: Optional[KeyLike] = None,
+                 curve: Optional[CurveServer] = None, context: Optional[zmq.Context] = None):
         self.backend_address = check_address(backend_address)
         self.frontend_address = check_address(
             frontend_address or f"inproc://pfmq-frontend-{uuid.uuid4().hex}")
@@ -280,7 +285,7 @@ class Broker(Service):
             raise RuntimeError("the broker is not running: call broker.run_async() first, or use "
                                "it as `with pfmq.Broker(...) as broker:`")
 
-    def apply(self, request, **task_options):
+    def apply(self, request: Any, **task_options: Any) -> Any:
         """Evaluate one request on a worker and return its result (see :func:`pfmq.apply`).
 
         Raises
@@ -296,7 +301,7 @@ class Broker(Service):
         task_options.setdefault("max_message_size", self.max_message_size)
         return apply(request, self.frontend_address, context=self.context, **task_options)
 
-    def imap(self, requests, **task_options):
+    def imap(self, requests: Iterable, **task_options: Any) -> "Task":
         """Return a :class:`~pythonflow.pfmq.Task` evaluating ``requests`` on the workers.
 
         Raises

@@ -9,15 +9,21 @@ import collections
 import enum
 import logging
 import time
+from typing import TYPE_CHECKING, Optional
 
 import zmq
 
 from . import protocol
 from .errors import ProtocolError
-from .jobs import read_job
+from .jobs import Job, read_job
 from .protocol import Kind
 from .security import key_hint
 from .transport import dealer, waiting_messages
+
+if TYPE_CHECKING:  # the worker owns its connections
+    from .worker import Worker
+
+__all__ = ["Session", "Heartbeat", "Renewal"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,7 +46,7 @@ class Session:
         latch are polled beside the socket.
     """
 
-    def __init__(self, worker):
+    def __init__(self, worker: "Worker"):
         self.routing_id = protocol.new_id()
         self.sock = dealer(worker.context, worker.address, self.routing_id, worker.curve)
         self.poller = zmq.Poller()
@@ -82,7 +88,7 @@ class Session:
                 Kind.DONE, job_id, protocol.CANCELLED, 0.0, body=[task_id],
                 payload=self._wire.seal([], job_id, protocol.OUTCOMES)))
 
-    def leave(self, interrupted=None) -> None:
+    def leave(self, interrupted: Optional[Job] = None) -> None:
         """Hand back the jobs not done (also one interrupted by an exception), say goodbye."""
         try:
             self.read()
@@ -108,7 +114,7 @@ class Heartbeat:
     intervals), or silent for ``num_retries`` timeouts (the worker gives up).
     """
 
-    def __init__(self, worker):
+    def __init__(self, worker: "Worker"):
         self.worker = worker
         self.sock = self._connect()
         self.ping = 0

@@ -13,7 +13,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
-from typing import Any, Callable, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -22,6 +22,11 @@ from .errors import ProtocolError, SerializationError
 from .protocol import COMPLETED, ERROR, OK, SERIALIZATION_ERROR, Kind
 from .serialization import Serializer, encode_outcomes
 from .transport import RateLimitedLogger
+
+if TYPE_CHECKING:
+    from ..graph import Graph
+
+__all__ = ["GraphTarget", "Job", "Evaluator", "read_job", "seed_generators", "stops_the_worker"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ class GraphTarget:
         The graph to evaluate.
     """
 
-    def __init__(self, graph):
+    def __init__(self, graph: "Graph"):
         self.graph = graph
 
     def __call__(self, request: Mapping) -> Any:

@@ -30,12 +30,12 @@ class Service:
 
     _thread: Optional[threading.Thread] = None
 
-    def __enter__(self):
+    def __enter__(self) -> "Service":
         if not self.is_alive:
             self.run_async()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.cancel()
 
     def _join(self, timeout: Optional[float]) -> None:

@@ -104,9 +104,23 @@ import hashlib
 import hmac
 import os
 import struct
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 from .errors import ProtocolError, RemoteError, SerializationError, WorkerDiedError
+
+if TYPE_CHECKING:  # frames are duck-typed: the protocol needs no sockets
+    import zmq
+
+__all__ = [
+    "VERSION", "SIGNATURE_SIZE", "ID_SIZE", "OK", "ERROR", "SERIALIZATION_ERROR", "WORKERS_DIED",
+    "ITERATOR_FAILED", "COMPLETED", "CANCELLED", "Kind", "FIELDS", "MAX_JOB_REQUESTS",
+    "REQUESTS", "OUTCOMES", "PAYLOAD_START", "BytesLike", "Frame", "Wire", "check_job",
+    "new_id", "pack_job_id", "unpack_job_id", "frame_buffer", "exception_for",
+]
+
+#: What a frame to send may be; a received frame may also be a ``zmq.Frame``.
+BytesLike = Union[bytes, bytearray, memoryview]
+Frame = Union[BytesLike, "zmq.Frame"]
 
 VERSION = 1
 SIGNATURE_SIZE = 32
@@ -171,7 +185,7 @@ _JOB_ID = struct.Struct("!Q")
 MAX_JOB_REQUESTS = 1 << 16
 
 
-def check_job(fields) -> None:
+def check_job(fields: Sequence[int]) -> None:
     """Raise :class:`ProtocolError` unless ``fields`` describe a plausible job."""
     count = fields[2]
     if not 1 <= count <= MAX_JOB_REQUESTS:
@@ -197,7 +211,7 @@ def unpack_job_id(frame: bytes) -> int:
     return _JOB_ID.unpack(frame)[0]
 
 
-def frame_buffer(frame) -> memoryview:
+def frame_buffer(frame: Frame) -> BytesLike:
     """The bytes-like content of a received frame, ``bytes`` or ``zmq.Frame``, without a copy."""
     return getattr(frame, "buffer", frame)
 
@@ -220,14 +234,15 @@ class Wire:
         :meth:`seal`) and opened by their final recipient (see :meth:`open`).
     """
 
-    def __init__(self, key=None):
+    def __init__(self, key: Union[bytes, str, None] = None):
         if isinstance(key, str):
             key = key.encode()
         if key is not None and not key:
             raise ValueError("the key must not be empty")
         self.key: Optional[bytes] = key
 
-    def pack(self, kind: Kind, *fields, body: Sequence = (), payload: Sequence = ()) -> list:
+    def pack(self, kind: Kind, *fields: Union[int, float, bool], body: Sequence[Frame] = (),
+             payload: Sequence[Frame] = ()) -> List[Frame]:
         """Return the frames of a message of ``kind``.
 
         ``body`` holds the frames before the payload (a task id); ``payload`` is a payload as
@@ -238,7 +253,7 @@ class Wire:
             frames.append(_mac(self.key, _signed_part(kind, frames)))
         return frames
 
-    def unpack(self, frames: list):
+    def unpack(self, frames: Sequence[Frame]) -> Tuple[Kind, tuple, List[Frame]]:
         """Return ``(kind, fields, body)`` of a received message; ``body`` includes the payload.
 
         ``frames`` may hold ``bytes`` or ``zmq.Frame`` objects; ``body`` holds them as they came.
@@ -272,7 +287,7 @@ class Wire:
             raise ProtocolError(f"{kind.name} header of {len(header)} bytes, not {layout.size}")
         return kind, layout.unpack(header)[2:], frames[1:]
 
-    def seal(self, payload: Sequence, job_id: int, purpose: bytes) -> list:
+    def seal(self, payload: Sequence[Frame], job_id: int, purpose: bytes) -> List[Frame]:
         """Return ``payload`` with a seal frame that binds it to its job and purpose, if keyed.
 
         The seal is an HMAC of the payload made once by its origin (the task for requests, the
@@ -283,7 +298,7 @@ class Wire:
             return list(payload)
         return [*payload, _mac(self.key, payload, purpose + _JOB_ID.pack(job_id))]
 
-    def open(self, sealed: Sequence, job_id: int, purpose: bytes) -> list:
+    def open(self, sealed: Sequence[Frame], job_id: int, purpose: bytes) -> List[Frame]:
         """Return the payload frames of ``sealed`` after checking its seal, if keyed.
 
         Raises

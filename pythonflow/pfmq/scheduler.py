@@ -30,11 +30,13 @@ longer than :data:`MAX_PEER_INTERVAL` allows.
 """
 import collections
 import logging
-from typing import Callable
+from typing import Callable, List
 
 from . import protocol
 from .errors import ProtocolError
-from .protocol import COMPLETED, Kind
+from .protocol import COMPLETED, Frame, Kind
+
+__all__ = ["Scheduler", "MAX_PEER_INTERVAL"]
 
 LOGGER = logging.getLogger(__name__)
 _MAX_SLOTS = 1024  # a worker claiming more request slots is not believed
@@ -149,7 +151,7 @@ class Scheduler:
 
     # -- tasks -----------------------------------------------------------------------------------
 
-    def on_task_message(self, task_id, kind, fields, body):
+    def on_task_message(self, task_id: bytes, kind: Kind, fields: tuple, body: List[Frame]) -> None:
         """Handle a message from a task (``SUBMIT``, ``PING`` or ``CANCEL``)."""
         task = self.tasks.get(task_id)
         if kind is Kind.CANCEL:
@@ -248,7 +250,8 @@ class Scheduler:
         """Requests all workers can hold at once."""
         return sum(worker.capacity for worker in self.workers.values())
 
-    def on_worker_message(self, worker_id, kind, fields, body):
+    def on_worker_message(self, worker_id: bytes, kind: Kind, fields: tuple,
+                          body: List[Frame]) -> None:
         """Handle a message from a worker (``READY``, ``DONE``, ``PING``, ``RETURN``, ``BYE``)."""
         worker = self.workers.get(worker_id)
         if worker is not None and kind is not Kind.PING:  # a PING is believed once checked
@@ -347,7 +350,7 @@ class Scheduler:
         LOGGER.warning("job %d of task %s failed: %s", job.job_id, job.task_id.hex()[:8], reason)
         self._send_to_task(job.task_id, Kind.FAILED, job.job_id, body=[reason.encode()])
 
-    def dispatch(self):
+    def dispatch(self) -> None:
         """Send queued jobs: isolated ones first, then the others to the workers with the most
         free credit, one task at a time."""
         self._dispatch_isolated()
@@ -409,7 +412,7 @@ class Scheduler:
         self._remove_worker(worker, died=False)
         return False
 
-    def expire_silent_peers(self):
+    def expire_silent_peers(self) -> None:
         """Forget workers and tasks silent for longer than their lapse; requeue what they held."""
         for worker in [w for w in self.workers.values() if self.now - w.last_seen > w.lapse]:
             LOGGER.warning("worker %s missed %d heartbeats; presumed dead, %d jobs requeued",

@@ -22,8 +22,9 @@ and may be copied anywhere, ``NAME.key_secret`` holds both and must stay private
     worker = pfmq.Worker.from_graph(graph, "tcp://broker-host:5555", curve=client)
 
 CURVE applies to ``tcp://`` and ``ipc://`` endpoints; ``inproc://`` traffic never leaves the
-process and stays in the clear. The allow-list is checked by a ZAP handler (:mod:`pythonflow.pfmq.zap`) that
-asks :meth:`CurveServer.callback` about every client that connects.
+process and stays in the clear. The allow-list is checked by a ZAP handler
+(:mod:`pythonflow.pfmq.zap`) that asks :meth:`CurveServer.callback` about every client that
+connects.
 """
 import logging
 import os
@@ -39,7 +40,7 @@ from . import zap
 from .transport import RateLimitedLogger
 
 __all__ = ["CurveServer", "CurveClient", "generate_certificates", "generate_keypair",
-           "is_loopback", "resolve_key", "key_hint"]
+           "is_loopback", "resolve_key", "key_hint", "KeyLike", "PathLike"]
 
 LOGGER = logging.getLogger(__name__)
 KeyLike = Union[bytes, str]

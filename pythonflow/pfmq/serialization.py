@@ -25,25 +25,29 @@ alone.
 """
 import builtins
 import pickle
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
 from .errors import RemoteError, SerializationError
-from .protocol import ERROR, SERIALIZATION_ERROR, frame_buffer
+from .protocol import ERROR, SERIALIZATION_ERROR, BytesLike, Frame, frame_buffer
 
 __all__ = ["Serializer", "PickleSerializer", "CallableSerializer", "MsgpackSerializer",
-           "make_serializer", "by_name", "encode_outcomes", "dumps", "loads"]
+           "make_serializer", "by_name", "encode_outcomes", "dumps", "loads", "Dumps", "Loads"]
+
+#: A user-supplied serialiser, object to ``bytes``, and its inverse.
+Dumps = Callable[[Any], bytes]
+Loads = Callable[[bytes], Any]
 
 
 class Serializer:
     """Turns objects into frames and back; subclasses define :meth:`encode` and :meth:`decode`."""
 
-    def encode(self, obj: Any) -> list:
+    def encode(self, obj: Any) -> List[BytesLike]:
         """Return the frames that represent ``obj``."""
         raise NotImplementedError
 
-    def decode(self, frames: list) -> Any:
+    def decode(self, frames: Sequence[Frame]) -> Any:
         """Return the object represented by ``frames``."""
         raise NotImplementedError
 
@@ -64,7 +68,7 @@ class PickleSerializer(Serializer):
     def __init__(self, threshold: int = 1 << 16):
         self.threshold = threshold
 
-    def encode(self, obj):
+    def encode(self, obj: Any) -> List[BytesLike]:
         buffers = []
 
         def keep_large_buffers_apart(buffer):
@@ -79,7 +83,7 @@ class PickleSerializer(Serializer):
             raise SerializationError(f"cannot pickle {type(obj).__name__}: {exc}") from exc
         return [data, *buffers]
 
-    def decode(self, frames):
+    def decode(self, frames: Sequence[Frame]) -> Any:
         try:
             return pickle.loads(frame_buffer(frames[0]),
                                 buffers=[frame_buffer(frame) for frame in frames[1:]])
@@ -98,17 +102,17 @@ class CallableSerializer(Serializer):
         ``bytes`` to object.
     """
 
-    def __init__(self, dumps: Callable[[Any], bytes], loads: Callable[[bytes], Any]):
+    def __init__(self, dumps: Dumps, loads: Loads):
         self.dumps = dumps
         self.loads = loads
 
-    def encode(self, obj):
+    def encode(self, obj: Any) -> List[BytesLike]:
         try:
             return [self.dumps(obj)]
         except Exception as exc:
             raise SerializationError(f"cannot serialise {type(obj).__name__}: {exc}") from exc
 
-    def decode(self, frames):
+    def decode(self, frames: Sequence[Frame]) -> Any:
         if len(frames) != 1:
             raise SerializationError(f"expected one frame, got {len(frames)}")
         try:
@@ -211,7 +215,7 @@ class MsgpackSerializer(Serializer):
 
     # -- encoding --------------------------------------------------------------------------------
 
-    def encode(self, obj: Any) -> List:
+    def encode(self, obj: Any) -> List[BytesLike]:
         frames = [None]
 
         def pack(value):
@@ -249,7 +253,7 @@ class MsgpackSerializer(Serializer):
 
     # -- decoding --------------------------------------------------------------------------------
 
-    def decode(self, frames: List) -> Any:
+    def decode(self, frames: Sequence[Frame]) -> Any:
         if not frames:
             raise SerializationError("no frames to decode")
         buffers = [frame_buffer(frame) for frame in frames]
@@ -342,8 +346,7 @@ def loads(data: bytes) -> Any:
 # -- choosing and using a serializer -----------------------------------------------------------
 
 
-def make_serializer(dumps: Optional[Callable[[Any], bytes]] = None,
-                    loads: Optional[Callable[[bytes], Any]] = None,
+def make_serializer(dumps: Optional[Dumps] = None, loads: Optional[Loads] = None,
                     serializer: Union[Serializer, str, None] = None) -> Serializer:
     """Return the serializer for a peer's ``dumps``/``loads``/``serializer`` options.
 
@@ -365,7 +368,7 @@ def make_serializer(dumps: Optional[Callable[[Any], bytes]] = None,
     return CallableSerializer(dumps or pickle.dumps, loads or pickle.loads)
 
 
-def encode_outcomes(serializer: Serializer, outcomes: List[tuple]) -> list:
+def encode_outcomes(serializer: Serializer, outcomes: List[tuple]) -> List[BytesLike]:
     """Encode a job's outcomes; an outcome that cannot be encoded becomes a serialisation error.
 
     The whole list is tried first, since that is one pickle stream for the whole job; only when it

@@ -16,7 +16,7 @@ import re
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Collection, Iterator, List, Optional
 
 import zmq
 
@@ -76,7 +76,7 @@ def dealer(context: zmq.Context, address: str, routing_id: bytes,
     return sock
 
 
-def waiting_messages(sock: zmq.Socket, limit: int = 1 << 30):
+def waiting_messages(sock: zmq.Socket, limit: int = 1 << 30) -> Iterator[List[zmq.Frame]]:
     """Yield up to ``limit`` messages already waiting on ``sock``, as lists of ``zmq.Frame``.
 
     Asking the socket first is cheaper than a non-blocking receive that raises when it is empty.
@@ -129,7 +129,7 @@ class Wakeup:
         with self._lock:
             self._pending = False
 
-    def clear_if_woken(self, ready) -> None:
+    def clear_if_woken(self, ready: Collection) -> None:
         """:meth:`clear` if ``ready`` (the events of ``zmq.Poller.poll`` or the readable list of
         ``zmq.select``, which name the descriptor, not this object) says this wake-up fired."""
         if self._reader.fileno() in ready:
@@ -165,7 +165,7 @@ class RateLimitedLogger:
         """``key`` with what varies between messages of one kind (numbers, ids) made ``#``."""
         return _VARYING.sub("#", key[:_MAX_KEY_LENGTH])
 
-    def log(self, level: int, key: str, message: str, *args) -> None:
+    def log(self, level: int, key: str, message: str, *args: object) -> None:
         """Log ``message % args`` at ``level`` unless a message like ``key`` was logged within
         the interval."""
         key = self.template(key)

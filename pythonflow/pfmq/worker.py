@@ -27,7 +27,8 @@ takes no lock and does not log, so it cannot deadlock with the thread it interru
 """
 import logging
 import threading
-from typing import Any, Callable, Optional
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import zmq
 
@@ -36,9 +37,12 @@ from .connections import Heartbeat, Renewal, Session
 from .jobs import Evaluator, GraphTarget, seed_generators
 from .lifecycle import Lifecycle, Service, State
 from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
-from .security import resolve_key
-from .serialization import make_serializer
+from .security import CurveClient, KeyLike, resolve_key
+from .serialization import Dumps, Loads, Serializer, make_serializer
 from .transport import RateLimitedLogger, Wakeup, check_address
+
+if TYPE_CHECKING:
+    from ..graph import Graph
 
 __all__ = ["Worker", "GraphTarget", "State", "seed_generators"]
 
@@ -91,12 +95,14 @@ class Worker(Service):
     """
 
     def __init__(self, target: Optional[Callable[[Any], Any]], address: Optional[str],
-                 dumps=None, loads=None, start: bool = False, timeout: float = 10,
+                 dumps: Optional[Dumps] = None, loads: Optional[Loads] = None,
+                 start: bool = False, timeout: float = 10,
                  num_retries: Optional[int] = None, prefetch: int = 1, *,
                  max_retries: Optional[int] = _UNSET,
                  heartbeat_interval: float = HEARTBEAT_INTERVAL,
-                 heartbeat_liveness: int = HEARTBEAT_LIVENESS, key=None, serializer=None,
-                 curve=None, max_message_size: Optional[int] = None,
+                 heartbeat_liveness: int = HEARTBEAT_LIVENESS, key: Optional[KeyLike] = None,
+                 serializer: Union[Serializer, str, None] = None,
+                 curve: Optional[CurveClient] = None, max_message_size: Optional[int] = None,
                  context: Optional[zmq.Context] = None):
         if target is not None and not callable(target):
             raise TypeError(f"target must be callable, not {type(target).__name__}")
@@ -134,7 +140,8 @@ class Worker(Service):
             self.run_async()
 
     @classmethod
-    def from_graph(cls, graph, address: Optional[str], *args, **kwargs) -> "Worker":
+    def from_graph(cls, graph: "Graph", address: Optional[str], *args: Any,
+                   **kwargs: Any) -> "Worker":
         """A worker evaluating requests with ``graph`` (see :class:`GraphTarget`)."""
         return cls(GraphTarget(graph), address, *args, **kwargs)
 
@@ -248,7 +255,8 @@ class Worker(Service):
                 if thread is not None and thread is not threading.current_thread():
                     thread.join(limit)  # they end as soon as they see the worker stopped
 
-    def handle_signal(self, signum: Optional[int] = None, frame=None) -> None:
+    def handle_signal(self, signum: Optional[int] = None,
+                      frame: Optional[FrameType] = None) -> None:
         """A signal handler that cancels the worker.
 
         Install it with ``signal.signal(signal.SIGTERM, worker.handle_signal)``. It only writes
