@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 import zmq
 
 from . import protocol
-from .errors import ProtocolError
 from .lifecycle import Service
 from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
 from .protocol import Kind
 from .scheduler import Scheduler
 from .security import CurveServer, KeyLike, is_loopback, resolve_key
-from .transport import RateLimitedLogger, Wakeup, check_address, waiting_messages
+from .transport import RateLimitedLogger, Wakeup, check_address, handle_waiting
 
 if TYPE_CHECKING:  # task.py imports the broker's peers, not the broker: imported when used
     from .task import Task
@@ -236,17 +235,13 @@ class Broker(Service):
             self.scheduler.on_task_message(task_id, kind, fields, body)
 
     def _drain(self, sock, handle):
-        for frames in waiting_messages(sock, _DRAIN):
-            peer = frames[0].bytes
-            try:
-                kind, fields, body = self._wire.unpack(frames[1:])
-                handle(peer, kind, fields, body)
-            except ProtocolError as exc:
-                self.scheduler.counters["dropped"] += 1
-                if "signature" in str(exc):
-                    self.scheduler.counters["bad_signatures"] += 1
-                self._log.log(logging.WARNING, str(exc), "dropped a message from %s: %s",
-                              peer.hex()[:8], exc)
+        handle_waiting(sock, self._wire, handle, self._log, routed=True, limit=_DRAIN,
+                       on_drop=self._count_dropped)
+
+    def _count_dropped(self, exc: Exception) -> None:
+        self.scheduler.counters["dropped"] += 1
+        if "signature" in str(exc):
+            self.scheduler.counters["bad_signatures"] += 1
 
     def _send(self, sock, peer, kind, *fields, body=(), payload=()):
         """Send to a peer; returns False when the peer is gone."""

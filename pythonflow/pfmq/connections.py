@@ -7,6 +7,7 @@
 """
 import collections
 import enum
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Optional
@@ -18,7 +19,7 @@ from .errors import ProtocolError
 from .jobs import Job, read_job
 from .protocol import Kind
 from .security import key_hint
-from .transport import dealer, waiting_messages
+from .transport import RateLimitedLogger, dealer, handle_waiting
 
 if TYPE_CHECKING:  # the worker owns its connections
     from .worker import Worker
@@ -66,17 +67,15 @@ class Session:
 
     def read(self) -> None:
         """Take in every message waiting on the work connection."""
-        for frames in waiting_messages(self.sock):
-            try:
-                kind, fields, body = self._wire.unpack(frames)
-                if kind is Kind.JOB:
-                    self.jobs.append(read_job(fields, body))  # answered even if unreadable
-                elif kind is Kind.REVOKE and body:
-                    self._revoke(body[0].bytes)
-                else:
-                    raise ProtocolError(f"{kind.name} is not for workers")
-            except ProtocolError as exc:
-                self._log.log(logging.WARNING, str(exc), "dropped a message: %s", exc)
+        handle_waiting(self.sock, self._wire, self._on_message, self._log)
+
+    def _on_message(self, kind: Kind, fields: tuple, body: list) -> None:
+        if kind is Kind.JOB:
+            self.jobs.append(read_job(fields, body))  # answered even if unreadable
+        elif kind is Kind.REVOKE and body:
+            self._revoke(body[0].bytes)
+        else:
+            raise ProtocolError(f"{kind.name} is not for workers")
 
     def _revoke(self, task_id: bytes) -> None:
         """Drop the waiting jobs of a cancelled task, giving their slots back."""
@@ -122,6 +121,7 @@ class Heartbeat:
         self.silent_timeouts = 0
         self.gave_up = False
         self.lapse = worker._ping_interval * worker.heartbeat_liveness
+        self._log = RateLimitedLogger(LOGGER)
 
     def _connect(self):
         worker = self.worker
@@ -161,26 +161,24 @@ class Heartbeat:
             self._judge_silence(time.monotonic())
 
     def _read(self, session) -> None:
+        handle_waiting(self.sock, self.worker._wire, functools.partial(self._on_message, session),
+                       self._log, level=logging.DEBUG)
+
+    def _on_message(self, session, kind: Kind, fields: tuple, body: list) -> None:
         worker = self.worker
-        for frames in waiting_messages(self.sock):
-            try:
-                kind, fields, _ = worker._wire.unpack(frames)
-            except ProtocolError as exc:
-                LOGGER.debug("dropped a message: %s", exc)
-                continue
-            if self.last_renewed > self.last_heard:
-                LOGGER.info("the broker at %s answers again", worker.address)
-            self.last_heard = self.last_counted = time.monotonic()
-            self.silent_timeouts = 0
-            if kind is not Kind.PONG:
-                continue
-            if fields[5] and worker.max_message_size is None:
-                worker.max_message_size = fields[5]  # the broker's limit
-            recently = session is not None and (
-                time.monotonic() - session.signed_up_at < 2 * worker._ping_interval)
-            if not fields[4] and session is not None and not recently:
-                LOGGER.info("signing up again with the broker at %s", worker.address)
-                worker._request_renewal(Renewal.SIGN_UP)
+        if self.last_renewed > self.last_heard:
+            LOGGER.info("the broker at %s answers again", worker.address)
+        self.last_heard = self.last_counted = time.monotonic()
+        self.silent_timeouts = 0
+        if kind is not Kind.PONG:
+            return
+        if fields[5] and worker.max_message_size is None:
+            worker.max_message_size = fields[5]  # the broker's limit
+        recently = session is not None and (
+            time.monotonic() - session.signed_up_at < 2 * worker._ping_interval)
+        if not fields[4] and session is not None and not recently:
+            LOGGER.info("signing up again with the broker at %s", worker.address)
+            worker._request_renewal(Renewal.SIGN_UP)
 
     def _judge_silence(self, now: float) -> None:
         worker = self.worker

@@ -3,7 +3,7 @@ r"""The sockets between peers: connecting, draining what waits, waking a poller,
 Data flow::
 
     dealer(...) --connect--> broker ROUTER          (sends never block: see dealer)
-    socket --waiting_messages--> frames --Wire.unpack--> handler
+    socket --waiting_messages--> frames --Wire.unpack--> handler      (handle_waiting)
                                              \--> a malformed message: RateLimitedLogger,
                                                   one line per kind of complaint and interval
     any thread --Wakeup.set()--> the thread blocked in zmq.Poller.poll wakes up
@@ -16,14 +16,18 @@ import re
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Collection, Iterator, List, Optional
+from typing import TYPE_CHECKING, Callable, Collection, Iterator, List, Optional, Tuple
 
 import zmq
 
-if TYPE_CHECKING:  # the type of an argument only: security imports this module
+from .errors import ProtocolError
+
+if TYPE_CHECKING:  # the types of arguments only: both modules import this one
+    from .protocol import Wire
     from .security import CurveClient
 
-__all__ = ["check_address", "dealer", "waiting_messages", "Wakeup", "RateLimitedLogger"]
+__all__ = ["check_address", "dealer", "waiting_messages", "handle_waiting", "Wakeup",
+           "RateLimitedLogger"]
 
 LOGGER = logging.getLogger(__name__)
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: or-ing enum flags costs microseconds per message
@@ -85,6 +89,49 @@ def waiting_messages(sock: zmq.Socket, limit: int = 1 << 30) -> Iterator[List[zm
         if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             return
         yield sock.recv_multipart(copy=False)
+
+
+def handle_waiting(sock: zmq.Socket, wire: "Wire", handle: Callable[..., None],
+                   log: "RateLimitedLogger", *, routed: bool = False, limit: int = 1 << 30,
+                   errors: Tuple[type, ...] = (ProtocolError,), level: int = logging.WARNING,
+                   on_drop: Optional[Callable[[Exception], None]] = None) -> None:
+    """Unpack each message waiting on ``sock`` and hand it to ``handle``; log and drop the bad.
+
+    Parameters
+    ----------
+    sock : zmq.Socket
+        The socket to drain.
+    wire : Wire
+        Unpacks (and checks the signature of) every message.
+    handle : callable
+        Called as ``handle(kind, fields, body)``; with ``routed``, as
+        ``handle(peer, kind, fields, body)``, ``peer`` being the routing id a ROUTER socket put
+        first.
+    log : RateLimitedLogger
+        Where a dropped message is reported, at ``level``.
+    routed : bool
+        Whether ``sock`` is a ROUTER.
+    limit : int
+        Most messages read, so that a busy socket cannot starve the caller's other sockets.
+    errors : tuple of exception types
+        What a malformed message makes ``Wire.unpack`` or ``handle`` raise: such a message is
+        dropped, and the next one read.
+    on_drop : callable, optional
+        Called with the exception for every dropped message (the broker counts them).
+    """
+    for frames in waiting_messages(sock, limit):
+        peer = None
+        try:
+            if routed:
+                peer = frames[0].bytes
+                handle(peer, *wire.unpack(frames[1:]))
+            else:
+                handle(*wire.unpack(frames))
+        except errors as exc:
+            if on_drop is not None:
+                on_drop(exc)
+            source = "" if peer is None else f" from {peer.hex()[:8]}"
+            log.log(level, str(exc), "dropped a message%s: %s", source, exc)
 
 
 class Wakeup:
