@@ -15,6 +15,7 @@ from pythonflow import pfmq
 from pythonflow.pfmq import protocol
 from pythonflow.pfmq.integrations import ipyparallel as pfmq_ipyparallel
 from pythonflow.pfmq.protocol import CANCELLED, COMPLETED, Kind, ProtocolError, Wire
+from pythonflow.pfmq.records import JobState
 from pythonflow.pfmq.scheduler import Scheduler
 from pythonflow.pfmq.transport import RateLimitedLogger
 
@@ -308,6 +309,75 @@ def test_an_isolated_job_does_not_wait_behind_a_stream_of_other_jobs():
     assert len([1 for peer, kind, _ in to_workers.sent[sent_before:] if kind is Kind.JOB]) == 4
     answered = {fields[0] for _, _, fields in to_tasks.kinds(Kind.RESULT)}
     assert answered == {first, second, *busy}
+
+
+# -- the scheduler's state: named job states, a running total of capacity ---------------------
+
+
+def job_state(scheduler, job_id, task_id=TASK):
+    return scheduler.tasks[task_id].pending[job_id].state
+
+
+def test_a_job_is_queued_then_held_then_settled_and_queued_again_when_its_worker_leaves():
+    scheduler, to_tasks, to_workers = make_scheduler()
+    submit(scheduler, 1)
+    submit(scheduler, 2)
+    assert job_state(scheduler, 1) is JobState.QUEUED and list(scheduler.ready_tasks) == [TASK]
+    ready(scheduler, WORKER, slots=2)
+    scheduler.dispatch()
+    assert job_state(scheduler, 1) is JobState.HELD and not scheduler.ready_tasks
+    scheduler.on_worker_message(WORKER, Kind.RETURN, (), [zmq.Frame(TASK),
+                                                          zmq.Frame(protocol.pack_job_id(2))])
+    assert job_state(scheduler, 2) is JobState.QUEUED and list(scheduler.ready_tasks) == [TASK]
+    job = scheduler.tasks[TASK].pending[1]
+    done(scheduler, 1)
+    assert job.state is JobState.SETTLED and 1 not in scheduler.tasks[TASK].pending
+    scheduler.on_task_message(TASK, Kind.CANCEL, (), [])
+    assert not scheduler.ready_tasks, "a forgotten task leaves the round robin at once"
+    assert scheduler.stats()["queued"] == 0 and scheduler.counters["cancelled"] == 1
+
+
+def test_messages_of_the_wrong_side_are_refused_by_kind():
+    scheduler, _, _ = make_scheduler()
+    for kind in (Kind.JOB, Kind.RESULT, Kind.SUBMIT, Kind.STATUS):
+        with pytest.raises(ProtocolError, match=f"{kind.name} is not a worker message"):
+            scheduler.on_worker_message(WORKER, kind, (), [])
+    for kind in (Kind.READY, Kind.DONE, Kind.JOB):
+        with pytest.raises(ProtocolError, match=f"{kind.name} is not a task message"):
+            scheduler.on_task_message(TASK, kind, (), [])
+    assert not scheduler.tasks and not scheduler.workers
+
+
+class CountingDict(dict):
+    """A dict that counts how often its values are walked."""
+
+    walks = 0
+
+    def values(self):
+        CountingDict.walks += 1
+        return super().values()
+
+
+def test_capacity_is_kept_as_workers_come_and_go_without_walking_them_per_message():
+    scheduler, to_tasks, to_workers = make_scheduler()
+    scheduler.workers = CountingDict()
+    for number in range(200):
+        ready(scheduler, b"%016d" % number, slots=1 + number % 3)
+    ready(scheduler, b"%016d" % 7, slots=5)  # signs up again with more slots
+    expected = sum(1 + number % 3 for number in range(200)) - 2 + 5
+    CountingDict.walks = 0
+    for number in range(200):  # a heartbeat from every worker, and a task's
+        scheduler.on_worker_message(b"H" * 16, Kind.PING, (1, 1000),
+                                    [zmq.Frame(b"%016d" % number)])
+    scheduler.on_task_message(TASK, Kind.PING, (1, 1000), [])
+    assert CountingDict.walks == 0, "the broker's idle work must not grow with workers squared"
+    capacities = {fields[2] for _, kind, fields in to_workers.sent + to_tasks.sent
+                  if kind is Kind.PONG}
+    assert capacities == {expected}
+    scheduler.on_worker_message(b"%016d" % 7, Kind.BYE, (), [])
+    scheduler.now = 100.0  # everyone else falls silent
+    scheduler.expire_silent_peers()
+    assert scheduler.capacity == 0 and scheduler.stats()["capacity"] == 0
 
 
 # -- Fault 8: replayed heartbeats ---------------------------------------------------------------
