@@ -275,10 +275,19 @@ class Broker(Service):
                                 curve=self._own_curve)
         return self.scheduler.stats()
 
-    def _check_running(self):
+    def _task_options(self, task_options: dict, **defaults: Any) -> dict:
+        """``task_options`` with the broker's context, key, CURVE client and limit (and
+        ``defaults``) where not given.
+
+        Raises ``RuntimeError`` if the broker is not running (never started, or cancelled).
+        """
         if not self.is_alive:
             raise RuntimeError("the broker is not running: call broker.run_async() first, or use "
                                "it as `with pfmq.Broker(...) as broker:`")
+        options = {"key": self.key, "curve": self._own_curve, "context": self.context,
+                   "max_message_size": self.max_message_size, **defaults}
+        options.update(task_options)
+        return options
 
     def apply(self, request: Any, **task_options: Any) -> Any:
         """Evaluate one request on a worker and return its result (see :func:`pfmq.apply`).
@@ -290,11 +299,7 @@ class Broker(Service):
         """
         from .task import apply
 
-        self._check_running()
-        task_options.setdefault("key", self.key)
-        task_options.setdefault("curve", self._own_curve)
-        task_options.setdefault("max_message_size", self.max_message_size)
-        return apply(request, self.frontend_address, context=self.context, **task_options)
+        return apply(request, self.frontend_address, **self._task_options(task_options))
 
     def imap(self, requests: Iterable, **task_options: Any) -> "Task":
         """Return a :class:`~pythonflow.pfmq.Task` evaluating ``requests`` on the workers.
@@ -306,9 +311,5 @@ class Broker(Service):
         """
         from .task import Task
 
-        self._check_running()
-        task_options.setdefault("key", self.key)
-        task_options.setdefault("curve", self._own_curve)
-        task_options.setdefault("heartbeat_interval", self.heartbeat_interval)
-        task_options.setdefault("max_message_size", self.max_message_size)
-        return Task(requests, self.frontend_address, context=self.context, **task_options)
+        return Task(requests, self.frontend_address, **self._task_options(
+            task_options, heartbeat_interval=self.heartbeat_interval))

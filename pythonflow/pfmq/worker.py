@@ -80,11 +80,12 @@ class Worker(Service):
         hands the jobs it has not started back, reconnects and signs up again. The broker presumes
         a worker dead after as many of the worker's intervals.
     key : bytes or str, optional
-        Shared key for signed messages; defaults to ``PFMQ_KEY``.
+        The key shared with the broker and tasks, which signs every message; ``PFMQ_KEY`` if
+        not given.
     serializer : Serializer or str, optional
-        Instead of ``dumps``/``loads``.
+        A serializer (or ``"msgpack"``, ``"pickle"``) to use in place of ``dumps``/``loads``.
     curve : pythonflow.pfmq.security.CurveClient, optional
-        Encrypt the connection to the broker with CurveZMQ.
+        The worker's CurveZMQ keys and the broker's public key, to encrypt its connections.
     max_message_size : int, optional
         The broker's ``max_message_size`` (by default learned from its heartbeats): a result that
         would need a larger frame fails with :class:`~pythonflow.pfmq.SerializationError` instead
@@ -111,10 +112,8 @@ class Worker(Service):
         self.num_retries = _retries(num_retries, max_retries)
         _check_options(timeout, prefetch, heartbeat_interval, heartbeat_liveness)
         self.serializer = make_serializer(dumps, loads, serializer)
-        self.timeout = timeout
-        self.prefetch = prefetch
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_liveness = heartbeat_liveness
+        self.timeout, self.prefetch = timeout, prefetch
+        self.heartbeat_interval, self.heartbeat_liveness = heartbeat_interval, heartbeat_liveness
         # Pinging at least twice per timeout keeps a short timeout from expiring between the
         # answers of a live broker; the broker is told the interval actually used.
         self._ping_interval = min(heartbeat_interval, timeout / 2)
