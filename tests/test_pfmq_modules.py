@@ -123,3 +123,10 @@ def test_the_version_is_said_once():
     result = subprocess.run([sys.executable, "setup.py", "--version"], cwd=root,
                             capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == pythonflow.__version__
+
+
+def test_the_package_docstring_maps_every_module_of_the_library():
+    modules = sorted(name for name in os.listdir(PFMQ)
+                     if name.endswith(".py") and name not in ("__init__.py", "__main__.py"))
+    missing = [name for name in modules if name not in pfmq.__doc__]
+    assert not missing, "add them to the map in pythonflow/pfmq/__init__.py"

@@ -120,7 +120,7 @@ def read_job(fields: tuple, body: list) -> Job:
     """The :class:`Job` of a ``JOB`` message with header ``fields`` and ``body`` frames."""
     if not body:
         return Job(fields, b"", [], "a job without a task id")
-    task_id = bytes(getattr(body[0], "buffer", body[0]))
+    task_id = bytes(protocol.frame_buffer(body[0]))
     try:
         protocol.check_job(fields)
     except ProtocolError as exc:
