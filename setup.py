@@ -1,5 +1,6 @@
 """Packaging for pythonflow and pythonflow.pfmq."""
 import os
+import re
 
 from setuptools import find_packages, setup
 
@@ -7,6 +8,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as fp:
     LONG_DESCRIPTION = fp.read()
+# The version is said once, in the package; read as text so that packaging imports nothing.
+with open(os.path.join(HERE, "pythonflow", "__init__.py"), encoding="utf-8") as fp:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', fp.read(), re.MULTILINE).group(1)
 
 DEMO = ["scipy", "pillow", "tqdm"]
 MSGPACK = ["msgpack>=1.0"]
@@ -19,7 +23,7 @@ TEST = ["pytest>=7", "pytest-timeout>=2"] + MSGPACK + IPYPARALLEL + DOCS
 
 setup(
     name="pythonflow",
-    version="0.5.0",
+    version=VERSION,
     description="Lazy dataflow graphs and distributed data preparation over ZeroMQ",
     long_description=LONG_DESCRIPTION,
     long_description_content_type="text/x-rst",

@@ -13,10 +13,11 @@ from pfmq_helpers import running_broker, thread_workers, wait_for_workers, wait_
 
 from pythonflow import pfmq
 from pythonflow.pfmq import protocol
-from pythonflow.pfmq.common import RateLimitedLogger
 from pythonflow.pfmq.integrations import ipyparallel as pfmq_ipyparallel
 from pythonflow.pfmq.protocol import CANCELLED, COMPLETED, Kind, ProtocolError, Wire
+from pythonflow.pfmq.records import JobState
 from pythonflow.pfmq.scheduler import Scheduler
+from pythonflow.pfmq.transport import RateLimitedLogger
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -124,11 +125,11 @@ class Outbox:
         return [entry for entry in self.sent if entry[1] is kind]
 
 
-def make_scheduler(heartbeat_interval=1.0):
+def make_scheduler(heartbeat_interval=1.0, max_attempts=3):
     to_tasks, to_workers = Outbox(), Outbox()
     scheduler = Scheduler(to_tasks, to_workers, incarnation=1,
                           heartbeat_interval=heartbeat_interval, heartbeat_liveness=3,
-                          max_attempts=3)
+                          max_attempts=max_attempts)
     return scheduler, to_tasks, to_workers
 
 
@@ -206,6 +207,177 @@ def test_a_job_answered_elsewhere_still_frees_its_holders_slot():
     done(scheduler, 1, OTHER_WORKER)  # too late for the task, but its slot is free again
     assert len(to_tasks.kinds(Kind.RESULT)) == 1
     assert credit(scheduler, OTHER_WORKER) == 1 and credit(scheduler, WORKER) == 1
+
+
+# -- Fault 7: blame for a worker's death -------------------------------------------------------
+
+
+class Pool:
+    """Workers that run what the scheduler sends them, in order; the poison kills its worker.
+
+    A worker that dies takes with it the DONE of every job it finished in the same step: ZeroMQ
+    sends in the background, and a process killed right after a send may not have sent it. A
+    supervisor replaces every dead worker, as a process manager would.
+    """
+
+    def __init__(self, scheduler, to_workers, size, slots, poison):
+        self.scheduler, self.to_workers = scheduler, to_workers
+        self.size, self.slots, self.poison = size, slots, poison
+        self.held = {}  # worker id -> job ids received, not yet answered
+        self.seen = 0  # messages of to_workers already handed to the workers
+        self.started = 0
+        self.pings = 0
+
+    def step(self):
+        while len(self.held) < self.size:
+            self.started += 1
+            worker_id = b"%015d" % self.started + b"w"
+            self.held[worker_id] = []
+            ready(self.scheduler, worker_id, slots=self.slots)
+        self.scheduler.dispatch()
+        for peer, kind, fields in self.to_workers.sent[self.seen:]:
+            if kind is Kind.JOB:
+                self.held[peer].append(fields[0])
+        self.seen = len(self.to_workers.sent)
+        for worker_id, jobs in list(self.held.items()):
+            if self.poison in jobs:  # it dies, and the DONEs of the jobs before it die with it
+                del self.held[worker_id]
+                continue
+            for job_id in jobs:
+                done(self.scheduler, job_id, worker_id)
+            jobs.clear()
+        self.scheduler.now += 10.0  # the dead are noticed; the living and the task speak
+        self.pings += 1
+        self.scheduler.on_task_message(TASK, Kind.PING, (self.pings, 1000), [])
+        for worker_id in self.held:
+            self.scheduler.on_worker_message(b"H" * 16, Kind.PING, (self.pings, 1000),
+                                             [zmq.Frame(worker_id)])
+        self.scheduler.expire_silent_peers()
+
+
+@pytest.mark.parametrize("workers, slots, poison", [(1, 2, 1), (1, 3, 2), (2, 2, 2), (3, 2, 0)])
+def test_only_the_poison_job_is_blamed_for_the_deaths_it_causes(workers, slots, poison):
+    max_attempts = 2
+    scheduler, to_tasks, to_workers = make_scheduler(max_attempts=max_attempts)
+    for job_id in range(4):
+        submit(scheduler, job_id)
+    pool = Pool(scheduler, to_workers, workers, slots, poison)
+    for _ in range(12):
+        pool.step()
+    answered = sorted(fields[0] for _, _, fields in to_tasks.kinds(Kind.RESULT))
+    failed = [fields[0] for _, _, fields in to_tasks.kinds(Kind.FAILED)]
+    assert failed == [poison], "an innocent job was blamed for the poison's deaths"
+    assert answered == [job_id for job_id in range(4) if job_id != poison]
+    # Each death is counted only where it is certain; one uncertain death may come first.
+    assert max_attempts <= scheduler.counters["workers_lost"] <= max_attempts + 1
+    assert not scheduler.tasks[TASK].pending
+
+
+def test_an_isolated_job_does_not_wait_behind_a_stream_of_other_jobs():
+    """With every worker busy, one is reserved: it takes no new jobs until it has answered."""
+    scheduler, to_tasks, to_workers = make_scheduler()
+    ready(scheduler, WORKER, slots=2)
+    ready(scheduler, OTHER_WORKER, slots=2)
+    for job_id in range(40):
+        submit(scheduler, job_id)
+    scheduler.dispatch()
+    held_by_worker = [fields[0] for peer, kind, fields in to_workers.sent
+                      if kind is Kind.JOB and peer == WORKER]
+    assert len(held_by_worker) == 2
+    scheduler.now = 10.0  # WORKER dies holding two jobs: either may have killed it
+    scheduler.on_task_message(TASK, Kind.PING, (1, 1000), [])
+    scheduler.on_worker_message(b"H" * 16, Kind.PING, (1, 1000), [zmq.Frame(OTHER_WORKER)])
+    scheduler.expire_silent_peers()
+    assert WORKER not in scheduler.workers
+    first, second = held_by_worker
+    sent_before = len(to_workers.sent)
+    busy = [fields[0] for peer, kind, fields in to_workers.sent
+            if kind is Kind.JOB and peer == OTHER_WORKER]
+    for job_id in busy:  # the survivor answers; it is reserved, so it gets nothing new
+        done(scheduler, job_id, OTHER_WORKER)
+        scheduler.dispatch()
+    jobs_after = [(peer, fields[0]) for peer, kind, fields in to_workers.sent[sent_before:]
+                  if kind is Kind.JOB]
+    assert jobs_after == [(OTHER_WORKER, first)], "the isolated job goes first, and alone"
+    done(scheduler, first, OTHER_WORKER)
+    scheduler.dispatch()
+    jobs_after = [(peer, fields[0]) for peer, kind, fields in to_workers.sent[sent_before:]
+                  if kind is Kind.JOB]
+    assert jobs_after == [(OTHER_WORKER, first), (OTHER_WORKER, second)]
+    done(scheduler, second, OTHER_WORKER)
+    scheduler.dispatch()  # nothing left to isolate: the stream flows again, two at a time
+    assert len([1 for peer, kind, _ in to_workers.sent[sent_before:] if kind is Kind.JOB]) == 4
+    answered = {fields[0] for _, _, fields in to_tasks.kinds(Kind.RESULT)}
+    assert answered == {first, second, *busy}
+
+
+# -- the scheduler's state: named job states, a running total of capacity ---------------------
+
+
+def job_state(scheduler, job_id, task_id=TASK):
+    return scheduler.tasks[task_id].pending[job_id].state
+
+
+def test_a_job_is_queued_then_held_then_settled_and_queued_again_when_its_worker_leaves():
+    scheduler, to_tasks, to_workers = make_scheduler()
+    submit(scheduler, 1)
+    submit(scheduler, 2)
+    assert job_state(scheduler, 1) is JobState.QUEUED and list(scheduler.ready_tasks) == [TASK]
+    ready(scheduler, WORKER, slots=2)
+    scheduler.dispatch()
+    assert job_state(scheduler, 1) is JobState.HELD and not scheduler.ready_tasks
+    scheduler.on_worker_message(WORKER, Kind.RETURN, (), [zmq.Frame(TASK),
+                                                          zmq.Frame(protocol.pack_job_id(2))])
+    assert job_state(scheduler, 2) is JobState.QUEUED and list(scheduler.ready_tasks) == [TASK]
+    job = scheduler.tasks[TASK].pending[1]
+    done(scheduler, 1)
+    assert job.state is JobState.SETTLED and 1 not in scheduler.tasks[TASK].pending
+    scheduler.on_task_message(TASK, Kind.CANCEL, (), [])
+    assert not scheduler.ready_tasks, "a forgotten task leaves the round robin at once"
+    assert scheduler.stats()["queued"] == 0 and scheduler.counters["cancelled"] == 1
+
+
+def test_messages_of_the_wrong_side_are_refused_by_kind():
+    scheduler, _, _ = make_scheduler()
+    for kind in (Kind.JOB, Kind.RESULT, Kind.SUBMIT, Kind.STATUS):
+        with pytest.raises(ProtocolError, match=f"{kind.name} is not a worker message"):
+            scheduler.on_worker_message(WORKER, kind, (), [])
+    for kind in (Kind.READY, Kind.DONE, Kind.JOB):
+        with pytest.raises(ProtocolError, match=f"{kind.name} is not a task message"):
+            scheduler.on_task_message(TASK, kind, (), [])
+    assert not scheduler.tasks and not scheduler.workers
+
+
+class CountingDict(dict):
+    """A dict that counts how often its values are walked."""
+
+    walks = 0
+
+    def values(self):
+        CountingDict.walks += 1
+        return super().values()
+
+
+def test_capacity_is_kept_as_workers_come_and_go_without_walking_them_per_message():
+    scheduler, to_tasks, to_workers = make_scheduler()
+    scheduler.workers = CountingDict()
+    for number in range(200):
+        ready(scheduler, b"%016d" % number, slots=1 + number % 3)
+    ready(scheduler, b"%016d" % 7, slots=5)  # signs up again with more slots
+    expected = sum(1 + number % 3 for number in range(200)) - 2 + 5
+    CountingDict.walks = 0
+    for number in range(200):  # a heartbeat from every worker, and a task's
+        scheduler.on_worker_message(b"H" * 16, Kind.PING, (1, 1000),
+                                    [zmq.Frame(b"%016d" % number)])
+    scheduler.on_task_message(TASK, Kind.PING, (1, 1000), [])
+    assert CountingDict.walks == 0, "the broker's idle work must not grow with workers squared"
+    capacities = {fields[2] for _, kind, fields in to_workers.sent + to_tasks.sent
+                  if kind is Kind.PONG}
+    assert capacities == {expected}
+    scheduler.on_worker_message(b"%016d" % 7, Kind.BYE, (), [])
+    scheduler.now = 100.0  # everyone else falls silent
+    scheduler.expire_silent_peers()
+    assert scheduler.capacity == 0 and scheduler.stats()["capacity"] == 0
 
 
 # -- Fault 8: replayed heartbeats ---------------------------------------------------------------

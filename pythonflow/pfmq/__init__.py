@@ -6,17 +6,33 @@ processes and routes the results back. See :mod:`pythonflow.pfmq.protocol` for t
 :mod:`pythonflow.pfmq.security` for CurveZMQ and :mod:`pythonflow.pfmq.serializers` for a
 serializer that cannot run code.
 
-The library is the modules of this package. Three sub-packages are built on it and not imported
-by it: :mod:`pythonflow.pfmq.demo` (the ``pfmq demo`` image pipeline, with the ``demo`` extra),
-:mod:`pythonflow.pfmq.bench` (the ``pfmq bench`` performance suite) and
-:mod:`pythonflow.pfmq.integrations` (adapters to other tools, such as ipyparallel).
+The library is the modules of this package, one concern each::
+
+    task.py, stream.py, reader.py   a task: requests out, results back in order (Task, apply)
+    broker.py                       the broker's sockets and loop (Broker)
+    scheduler.py, records.py        the broker's decisions, and what it knows of jobs and peers
+    worker.py, lifecycle.py         a worker and its named states (Worker, Service)
+    connections.py, jobs.py         a worker's two connections; evaluating one job
+    liveness.py                     heartbeat clocks: pings, silence, retries
+    protocol.py                     frames, kinds, outcome codes, signatures (Wire)
+    serialization.py                pickle, callables and msgpack into frames (serializers.py:
+                                    the msgpack serializer's first address)
+    transport.py                    sockets: dealer, draining, wake-ups, rate-limited logs
+    security.py, zap.py             keys, CurveZMQ, and the handler that lets clients in
+    errors.py                       every exception, importing nothing of the package
+    cluster.py, launch.py, cli.py   local clusters, worker processes, the pfmq command
+
+Three sub-packages are built on it and not imported by it: :mod:`pythonflow.pfmq.demo` (the
+``pfmq demo`` image pipeline, with the ``demo`` extra), :mod:`pythonflow.pfmq.bench` (the ``pfmq
+bench`` performance suite) and :mod:`pythonflow.pfmq.integrations` (adapters to other tools,
+such as ipyparallel).
 """
 from . import security, serializers
 from .broker import Broker
 from .cluster import LocalCluster
-from .errors import RemoteError, WorkerDiedError
+from .errors import ProtocolError, RemoteError, SerializationError, WorkerDiedError
 from .security import CurveClient, CurveServer
-from .serialization import PickleSerializer, SerializationError, Serializer
+from .serialization import CallableSerializer, PickleSerializer, Serializer
 from .serializers import MsgpackSerializer
 from .supervisor import CrashLoopError
 from .task import Task, apply, query_status
@@ -24,7 +40,7 @@ from .worker import GraphTarget, Worker
 
 __all__ = [
     "Broker", "Worker", "GraphTarget", "Task", "apply", "query_status", "LocalCluster",
-    "RemoteError", "WorkerDiedError", "SerializationError", "Serializer", "PickleSerializer",
-    "MsgpackSerializer", "CurveServer", "CurveClient", "security", "serializers",
-    "CrashLoopError",
+    "RemoteError", "WorkerDiedError", "ProtocolError", "SerializationError", "Serializer",
+    "PickleSerializer", "CallableSerializer", "MsgpackSerializer", "CurveServer", "CurveClient",
+    "security", "serializers", "CrashLoopError",
 ]

@@ -21,23 +21,22 @@ import threading
 import time
 import uuid
 import warnings
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import zmq
 
 from . import protocol
-from .common import (
-    HEARTBEAT_INTERVAL,
-    HEARTBEAT_LIVENESS,
-    RateLimitedLogger,
-    Service,
-    Wakeup,
-    check_address,
-    resolve_key,
-    waiting_messages,
-)
-from .protocol import Kind, ProtocolError
+from .lifecycle import Service
+from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from .protocol import Kind
 from .scheduler import Scheduler
+from .security import CurveServer, KeyLike, is_loopback, resolve_key
+from .transport import RateLimitedLogger, Wakeup, check_address, handle_waiting
+
+if TYPE_CHECKING:  # task.py imports the broker's peers, not the broker: imported when used
+    from .task import Task
+
+__all__ = ["Broker"]
 
 LOGGER = logging.getLogger(__name__)
 _DRAIN = 256  # messages read from one socket before looking at the other
@@ -80,8 +79,8 @@ class Broker(Service):
     def __init__(self, backend_address: str, frontend_address: Optional[str] = None,
                  start: bool = False, *, heartbeat_interval: float = HEARTBEAT_INTERVAL,
                  heartbeat_liveness: int = HEARTBEAT_LIVENESS, max_attempts: int = 3,
-                 max_message_size: Optional[int] = None, key=None, curve=None,
-                 context: Optional[zmq.Context] = None):
+                 max_message_size: Optional[int] = None, key: Optional[KeyLike] = None,
+                 curve: Optional[CurveServer] = None, context: Optional[zmq.Context] = None):
         self.backend_address = check_address(backend_address)
         self.frontend_address = check_address(
             frontend_address or f"inproc://pfmq-frontend-{uuid.uuid4().hex}")
@@ -109,8 +108,6 @@ class Broker(Service):
 
     def _warn_if_exposed(self):
         """Warn when an address beyond loopback is bound and nothing checks who connects."""
-        from .security import is_loopback
-
         exposed = [a for a in (self.backend_address, self.frontend_address) if not is_loopback(a)]
         curve_checks_clients = self.curve is not None and (
             getattr(self.curve, "allowed_keys", None) is not None
@@ -238,17 +235,13 @@ class Broker(Service):
             self.scheduler.on_task_message(task_id, kind, fields, body)
 
     def _drain(self, sock, handle):
-        for frames in waiting_messages(sock, _DRAIN):
-            peer = frames[0].bytes
-            try:
-                kind, fields, body = self._wire.unpack(frames[1:])
-                handle(peer, kind, fields, body)
-            except ProtocolError as exc:
-                self.scheduler.counters["dropped"] += 1
-                if "signature" in str(exc):
-                    self.scheduler.counters["bad_signatures"] += 1
-                self._log.log(logging.WARNING, str(exc), "dropped a message from %s: %s",
-                              peer.hex()[:8], exc)
+        handle_waiting(sock, self._wire, handle, self._log, routed=True, limit=_DRAIN,
+                       on_drop=self._count_dropped)
+
+    def _count_dropped(self, exc: Exception) -> None:
+        self.scheduler.counters["dropped"] += 1
+        if "signature" in str(exc):
+            self.scheduler.counters["bad_signatures"] += 1
 
     def _send(self, sock, peer, kind, *fields, body=(), payload=()):
         """Send to a peer; returns False when the peer is gone."""
@@ -282,12 +275,21 @@ class Broker(Service):
                                 curve=self._own_curve)
         return self.scheduler.stats()
 
-    def _check_running(self):
+    def _task_options(self, task_options: dict, **defaults: Any) -> dict:
+        """``task_options`` with the broker's context, key, CURVE client and limit (and
+        ``defaults``) where not given.
+
+        Raises ``RuntimeError`` if the broker is not running (never started, or cancelled).
+        """
         if not self.is_alive:
             raise RuntimeError("the broker is not running: call broker.run_async() first, or use "
                                "it as `with pfmq.Broker(...) as broker:`")
+        options = {"key": self.key, "curve": self._own_curve, "context": self.context,
+                   "max_message_size": self.max_message_size, **defaults}
+        options.update(task_options)
+        return options
 
-    def apply(self, request, **task_options):
+    def apply(self, request: Any, **task_options: Any) -> Any:
         """Evaluate one request on a worker and return its result (see :func:`pfmq.apply`).
 
         Raises
@@ -297,13 +299,9 @@ class Broker(Service):
         """
         from .task import apply
 
-        self._check_running()
-        task_options.setdefault("key", self.key)
-        task_options.setdefault("curve", self._own_curve)
-        task_options.setdefault("max_message_size", self.max_message_size)
-        return apply(request, self.frontend_address, context=self.context, **task_options)
+        return apply(request, self.frontend_address, **self._task_options(task_options))
 
-    def imap(self, requests, **task_options):
+    def imap(self, requests: Iterable, **task_options: Any) -> "Task":
         """Return a :class:`~pythonflow.pfmq.Task` evaluating ``requests`` on the workers.
 
         ``task_options`` are those of the task; ``resume=task.state_dict()`` of an earlier task
@@ -316,9 +314,5 @@ class Broker(Service):
         """
         from .task import Task
 
-        self._check_running()
-        task_options.setdefault("key", self.key)
-        task_options.setdefault("curve", self._own_curve)
-        task_options.setdefault("heartbeat_interval", self.heartbeat_interval)
-        task_options.setdefault("max_message_size", self.max_message_size)
-        return Task(requests, self.frontend_address, context=self.context, **task_options)
+        return Task(requests, self.frontend_address, **self._task_options(
+            task_options, heartbeat_interval=self.heartbeat_interval))

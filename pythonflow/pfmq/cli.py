@@ -15,7 +15,8 @@ from typing import List, Optional
 import zmq
 
 from . import launch
-from .common import check_address, resolve_key
+from .security import resolve_key
+from .transport import check_address
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5556"

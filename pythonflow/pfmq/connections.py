@@ -3,19 +3,38 @@
 * :class:`Session`: one stint on the work connection, from sign-up (``READY``) to goodbye
   (``BYE``), owned by the thread that serves.
 * :class:`Heartbeat`: the heartbeat connection, owned by the heartbeat thread, which pings on
-  behalf of the session, adopts the broker's limits and judges its silence.
+  behalf of the session, adopts the broker's limits and judges its silence (with the clocks of a
+  :class:`~pythonflow.pfmq.liveness.Liveness`).
+
+Data flow::
+
+    serving thread --READY, DONE, RETURN, BYE--> Session.sock --> broker
+    serving thread <--JOB, REVOKE--------------- Session.sock <-- broker
+    heartbeat thread --PING (names Session.routing_id)--> Heartbeat.sock --> broker
+    heartbeat thread <--PONG (registered? max frame?)---- Heartbeat.sock <-- broker
+    heartbeat thread --Renewal.SIGN_UP / RECONNECT, or giving up--> the serving thread
 """
 import collections
 import enum
+import functools
 import logging
 import time
+from typing import TYPE_CHECKING, Optional
 
 import zmq
 
 from . import protocol
-from .common import dealer, key_hint, waiting_messages
-from .jobs import read_job
-from .protocol import Kind, ProtocolError
+from .errors import ProtocolError
+from .jobs import Job, read_job
+from .liveness import Liveness
+from .protocol import Kind
+from .security import key_hint
+from .transport import RateLimitedLogger, dealer, handle_waiting
+
+if TYPE_CHECKING:  # the worker owns its connections
+    from .worker import Worker
+
+__all__ = ["Session", "Heartbeat", "Renewal"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,7 +57,7 @@ class Session:
         latch are polled beside the socket.
     """
 
-    def __init__(self, worker):
+    def __init__(self, worker: "Worker"):
         self.routing_id = protocol.new_id()
         self.sock = dealer(worker.context, worker.address, self.routing_id, worker.curve)
         self.poller = zmq.Poller()
@@ -58,17 +77,15 @@ class Session:
 
     def read(self) -> None:
         """Take in every message waiting on the work connection."""
-        for frames in waiting_messages(self.sock):
-            try:
-                kind, fields, body = self._wire.unpack(frames)
-                if kind is Kind.JOB:
-                    self.jobs.append(read_job(fields, body))  # answered even if unreadable
-                elif kind is Kind.REVOKE and body:
-                    self._revoke(body[0].bytes)
-                else:
-                    raise ProtocolError(f"{kind.name} is not for workers")
-            except ProtocolError as exc:
-                self._log.log(logging.WARNING, str(exc), "dropped a message: %s", exc)
+        handle_waiting(self.sock, self._wire, self._on_message, self._log)
+
+    def _on_message(self, kind: Kind, fields: tuple, body: list) -> None:
+        if kind is Kind.JOB:
+            self.jobs.append(read_job(fields, body))  # answered even if unreadable
+        elif kind is Kind.REVOKE and body:
+            self._revoke(body[0].bytes)
+        else:
+            raise ProtocolError(f"{kind.name} is not for workers")
 
     def _revoke(self, task_id: bytes) -> None:
         """Drop the waiting jobs of a cancelled task, giving their slots back."""
@@ -80,7 +97,7 @@ class Session:
                 Kind.DONE, job_id, protocol.CANCELLED, 0.0, body=[task_id],
                 payload=self._wire.seal([], job_id, protocol.OUTCOMES)))
 
-    def leave(self, interrupted=None) -> None:
+    def leave(self, interrupted: Optional[Job] = None) -> None:
         """Hand back the jobs not done (also one interrupted by an exception), say goodbye."""
         try:
             self.read()
@@ -97,7 +114,7 @@ class Session:
 
 
 class Heartbeat:
-    """The heartbeat thread's connection and clocks.
+    """The heartbeat thread's connection and clocks (a :class:`~.liveness.Liveness`).
 
     It speaks for the worker's current :class:`Session` (none: silence means nothing), and tells
     the worker what it notices: a stop request, a broker that does not know the worker
@@ -106,14 +123,12 @@ class Heartbeat:
     intervals), or silent for ``num_retries`` timeouts (the worker gives up).
     """
 
-    def __init__(self, worker):
+    def __init__(self, worker: "Worker"):
         self.worker = worker
         self.sock = self._connect()
-        self.ping = 0
-        self.next_ping = self.last_heard = self.last_counted = self.last_renewed = time.monotonic()
-        self.silent_timeouts = 0
-        self.gave_up = False
-        self.lapse = worker._ping_interval * worker.heartbeat_liveness
+        self.liveness = Liveness(worker._ping_interval, worker.timeout, worker.num_retries,
+                                 worker.heartbeat_liveness)
+        self._log = RateLimitedLogger(LOGGER)
 
     def _connect(self):
         worker = self.worker
@@ -122,75 +137,65 @@ class Heartbeat:
     def run(self) -> None:
         """Beat until the worker has left, its grace for leaving has run out, or it gave up."""
         try:
-            while not self.gave_up and not self.worker._life.done_heart_beating():
+            while not self.liveness.gave_up and not self.worker._life.done_heart_beating():
                 self.step()
         finally:
             self.sock.close(linger=0)
 
     def step(self) -> None:
         """Ping when due, wait for an answer or a wake-up, and judge the broker's silence."""
-        worker = self.worker
+        worker, liveness = self.worker, self.liveness
         now = time.monotonic()
         session = worker._session
         if session is None:  # nobody signed up to speak for: silence means nothing
-            self.last_heard = self.last_counted = self.last_renewed = now
+            liveness.rest(now)
             wait = worker._ping_interval
         else:
-            if now >= self.next_ping:
-                self.ping += 1
+            ping = liveness.ping_due(now)
+            if ping is not None:
                 self.sock.send_multipart(worker._wire.pack(
-                    Kind.PING, self.ping, worker._interval_ms, body=[session.routing_id]))
-                self.next_ping = now + worker._ping_interval
-            wait = min(self.next_ping, self.last_counted + worker.timeout) - now
+                    Kind.PING, ping, worker._interval_ms, body=[session.routing_id]))
+            wait = liveness.wait(now)
         latch = worker._life.latch
-        readable = zmq.select([self.sock, worker._heartbeat_wakeup, latch], [], [],
-                              max(0.0, wait))[0]
+        readable = zmq.select([self.sock, worker._heartbeat_wakeup, latch], [], [], wait)[0]
         worker._heartbeat_wakeup.clear_if_woken(readable)
         if latch.fileno() in readable:
             worker._check_stop_requests()
-        self._read(session)
+        handle_waiting(self.sock, worker._wire, functools.partial(self._on_message, session),
+                       self._log, level=logging.DEBUG)
         if session is not None:
             self._judge_silence(time.monotonic())
 
-    def _read(self, session) -> None:
+    def _on_message(self, session: Optional[Session], kind: Kind, fields: tuple,
+                    body: list) -> None:
         worker = self.worker
-        for frames in waiting_messages(self.sock):
-            try:
-                kind, fields, _ = worker._wire.unpack(frames)
-            except ProtocolError as exc:
-                LOGGER.debug("dropped a message: %s", exc)
-                continue
-            if self.last_renewed > self.last_heard:
-                LOGGER.info("the broker at %s answers again", worker.address)
-            self.last_heard = self.last_counted = time.monotonic()
-            self.silent_timeouts = 0
-            if kind is not Kind.PONG:
-                continue
-            if fields[5] and worker.max_message_size is None:
-                worker.max_message_size = fields[5]  # the broker's limit
-            recently = session is not None and (
-                time.monotonic() - session.signed_up_at < 2 * worker._ping_interval)
-            if not fields[4] and session is not None and not recently:
-                LOGGER.info("signing up again with the broker at %s", worker.address)
-                worker._request_renewal(Renewal.SIGN_UP)
+        now = time.monotonic()
+        if self.liveness.heard(now):
+            LOGGER.info("the broker at %s answers again", worker.address)
+        if kind is not Kind.PONG:
+            return
+        if fields[5] and worker.max_message_size is None:
+            worker.max_message_size = fields[5]  # the broker's limit
+        # Just signed up: the broker may answer a ping sent before it read the READY.
+        recently = session is not None and now - session.signed_up_at < 2 * worker._ping_interval
+        if not fields[4] and session is not None and not recently:
+            LOGGER.info("signing up again with the broker at %s", worker.address)
+            worker._request_renewal(Renewal.SIGN_UP)
 
     def _judge_silence(self, now: float) -> None:
-        worker = self.worker
-        if now - max(self.last_heard, self.last_renewed) > self.lapse:
-            level = logging.WARNING if self.last_renewed <= self.last_heard else logging.DEBUG
+        worker, liveness = self.worker, self.liveness
+        if liveness.lapsed(now):
+            level = logging.DEBUG if liveness.presumed_lost else logging.WARNING
             LOGGER.log(level, "no answer from the broker at %s to %d heartbeats; reconnecting%s",
                        worker.address, worker.heartbeat_liveness, key_hint(worker.key))
             self.sock.close(linger=0)
             self.sock = self._connect()
-            self.last_renewed = now
+            liveness.renewed(now)
             worker._request_renewal(Renewal.RECONNECT)
-        if now - self.last_counted > worker.timeout:
-            self.silent_timeouts += 1
-            self.last_counted = now
+        if liveness.count_silence(now):
             LOGGER.warning("no word from the broker at %s for %.1f s%s", worker.address,
                            worker.timeout, key_hint(worker.key))
-            if worker.num_retries is not None and self.silent_timeouts >= worker.num_retries:
-                self.gave_up = True
+            if liveness.gave_up:
                 worker._life.begin_cancel(worker.timeout, TimeoutError(
                     f"no answer from the broker at {worker.address} for "
-                    f"{worker.timeout * self.silent_timeouts:.1f} s{key_hint(worker.key)}"))
+                    f"{liveness.silence:.1f} s{key_hint(worker.key)}"))

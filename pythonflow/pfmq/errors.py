@@ -1,12 +1,26 @@
-"""Errors a task raises for requests that failed, and the outcomes they stand for."""
+"""Every exception of pfmq, in a module that imports nothing of the package.
+
+::
+
+    ValueError   <- ProtocolError        a message that breaks the wire format (protocol)
+    RuntimeError <- SerializationError   an object that cannot be encoded or decoded (serialization)
+    RuntimeError <- RemoteError          a request that failed on a worker (raised at the task)
+                    <- WorkerDiedError   every worker that ran the request died running it
+
+Which outcome of a request stands for which of them is decided by
+:func:`pythonflow.pfmq.protocol.exception_for`, beside the outcome codes.
+"""
 from typing import Optional
 
-from .protocol import ERROR, SERIALIZATION_ERROR
-from .serialization import SerializationError
+__all__ = ["ProtocolError", "SerializationError", "RemoteError", "WorkerDiedError"]
 
-#: Outcomes made at the task itself, beside those that come from workers (see ``protocol``).
-WORKERS_DIED = 10
-ITERATOR_FAILED = 11
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol (bad layout, version, kind or signature)."""
+
+
+class SerializationError(RuntimeError):
+    """An object could not be serialised or deserialised."""
 
 
 class RemoteError(RuntimeError):
@@ -15,6 +29,13 @@ class RemoteError(RuntimeError):
     The exception raised by the transformation is re-raised at the consumer with its original
     type, chained to a ``RemoteError`` (its ``__cause__``). A ``StopIteration`` is re-raised
     inside a ``RuntimeError`` (its ``__cause__``), so that it cannot end the consumer's loop.
+
+    Parameters
+    ----------
+    message : str
+        What failed.
+    traceback : str, optional
+        The worker's traceback, appended to the message.
     """
 
     def __init__(self, message: str, traceback: Optional[str] = None):
@@ -24,30 +45,3 @@ class RemoteError(RuntimeError):
 
 class WorkerDiedError(RemoteError):
     """Every worker that ran a request died while running it."""
-
-
-def exception_for(index: int, outcome: tuple) -> BaseException:
-    """The exception a failed request's outcome stands for."""
-    code = outcome[0]
-    if code == ERROR:
-        original, remote_traceback = outcome[1], outcome[2]
-        remote = RemoteError(f"request {index} failed on a worker", remote_traceback)
-        if original is None:
-            return remote
-        original.__cause__ = remote
-        original.__suppress_context__ = True
-        if isinstance(original, (StopIteration, StopAsyncIteration)):
-            # Raised at the consumer it would end the consumer's loop as if every result were
-            # in; wrapped as PEP 479 wraps one escaping a generator.
-            wrapped = RuntimeError(f"request {index} raised {type(original).__name__} on a "
-                                   f"worker")
-            wrapped.__cause__ = original
-            return wrapped
-        return original
-    if code == SERIALIZATION_ERROR:
-        return SerializationError(f"request {index}: {outcome[1]}")
-    if code == WORKERS_DIED:
-        return WorkerDiedError(f"request {index} failed: {outcome[1]}")
-    if code == ITERATOR_FAILED:
-        return outcome[1]
-    return RemoteError(f"request {index}: unknown outcome {code!r}")

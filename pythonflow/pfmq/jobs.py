@@ -13,14 +13,20 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
-from typing import Any, Callable, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional
 
 import numpy as np
 
 from . import protocol
-from .common import RateLimitedLogger
-from .protocol import COMPLETED, ERROR, OK, SERIALIZATION_ERROR, Kind, ProtocolError
-from .serialization import SerializationError, Serializer, encode_outcomes
+from .errors import ProtocolError, SerializationError
+from .protocol import COMPLETED, ERROR, OK, SERIALIZATION_ERROR, Kind
+from .serialization import Serializer, encode_outcomes
+from .transport import RateLimitedLogger
+
+if TYPE_CHECKING:
+    from ..graph import Graph
+
+__all__ = ["GraphTarget", "Job", "Evaluator", "read_job", "seed_generators", "stops_the_worker"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,7 +57,7 @@ class GraphTarget:
         The graph to evaluate.
     """
 
-    def __init__(self, graph):
+    def __init__(self, graph: "Graph"):
         self.graph = graph
 
     def __call__(self, request: Mapping) -> Any:
@@ -114,7 +120,7 @@ def read_job(fields: tuple, body: list) -> Job:
     """The :class:`Job` of a ``JOB`` message with header ``fields`` and ``body`` frames."""
     if not body:
         return Job(fields, b"", [], "a job without a task id")
-    task_id = bytes(getattr(body[0], "buffer", body[0]))
+    task_id = bytes(protocol.frame_buffer(body[0]))
     try:
         protocol.check_job(fields)
     except ProtocolError as exc:

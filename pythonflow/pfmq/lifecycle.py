@@ -1,6 +1,7 @@
-"""A worker's life cycle: named states, the thread that serves, and stop requests.
+"""Life cycles: the :class:`Service` that broker and worker share, and a worker's named states.
 
-::
+A :class:`Service` runs in a background thread, started on ``with`` entry and cancelled on exit.
+A worker's life, the thread that serves it and its stop requests are a :class:`Lifecycle`::
 
     STOPPED --run_async(), with worker:--> BACKGROUND --process_requests()--> HANDOVER
     HANDOVER --the request being evaluated is delivered--> FOREGROUND
@@ -18,6 +19,29 @@ import socket
 import threading
 import time
 from typing import Callable, Optional
+
+__all__ = ["Service", "State", "SERVING", "StopLatch", "Lifecycle"]
+
+
+class Service:
+    """What the broker and workers share: a background thread, started on ``with`` entry and
+    cancelled on exit. Subclasses set ``_thread`` and define ``is_alive``, ``run_async`` and
+    ``cancel``."""
+
+    _thread: Optional[threading.Thread] = None
+
+    def __enter__(self) -> "Service":
+        if not self.is_alive:
+            self.run_async()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cancel()
+
+    def _join(self, timeout: Optional[float]) -> None:
+        """Wait for the background thread, unless called from it."""
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
 
 class State(enum.Enum):

@@ -100,13 +100,36 @@ the list of its requests; a ``DONE``/``RESULT`` payload is the list of their out
 each one of ``(OK, value)``, ``(ERROR, exception, remote_traceback)`` or
 ``(SERIALIZATION_ERROR, message)``. ``DONE`` with status :data:`CANCELLED` has an empty payload
 (only its seal, when keyed): the worker skipped a job whose task was cancelled.
+
+Outcomes
+--------
+Beside the three codes that travel, a task makes two of its own: ``(WORKERS_DIED, reason)`` for a
+request the broker failed with ``FAILED``, and ``(ITERATOR_FAILED, exception)`` in the place of
+the request its iterator raised instead of yielding. :func:`exception_for` turns a failed outcome
+into the exception the consumer gets.
 """
 import enum
 import hashlib
 import hmac
 import os
 import struct
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
+
+from .errors import ProtocolError, RemoteError, SerializationError, WorkerDiedError
+
+if TYPE_CHECKING:  # frames are duck-typed: the protocol needs no sockets
+    import zmq
+
+__all__ = [
+    "VERSION", "SIGNATURE_SIZE", "ID_SIZE", "OK", "ERROR", "SERIALIZATION_ERROR", "WORKERS_DIED",
+    "ITERATOR_FAILED", "COMPLETED", "CANCELLED", "Kind", "FIELDS", "MAX_JOB_REQUESTS",
+    "REQUESTS", "OUTCOMES", "PAYLOAD_START", "BytesLike", "Frame", "Wire", "check_job",
+    "new_id", "pack_job_id", "unpack_job_id", "frame_buffer", "exception_for",
+]
+
+#: What a frame to send may be; a received frame may also be a ``zmq.Frame``.
+BytesLike = Union[bytes, bytearray, memoryview]
+Frame = Union[BytesLike, "zmq.Frame"]
 
 VERSION = 1
 SIGNATURE_SIZE = 32
@@ -116,6 +139,9 @@ ID_SIZE = 16
 OK = 0
 ERROR = 1
 SERIALIZATION_ERROR = 2
+#: Outcomes made at the task itself, beside those that come from workers.
+WORKERS_DIED = 10
+ITERATOR_FAILED = 11
 
 # DONE statuses.
 COMPLETED = 0
@@ -166,15 +192,11 @@ _KINDS = {int(kind): kind for kind in Kind}  # a dict look-up is cheaper than ca
 _JOB_ID = struct.Struct("!Q")
 
 
-class ProtocolError(ValueError):
-    """A message that does not follow the protocol (bad layout, version, kind or signature)."""
-
-
 #: The most requests one job may carry; larger claims are refused as malformed.
 MAX_JOB_REQUESTS = 1 << 16
 
 
-def check_job(fields) -> None:
+def check_job(fields: Sequence[int]) -> None:
     """Raise :class:`ProtocolError` unless ``fields`` describe a plausible job."""
     count = fields[2]
     if not 1 <= count <= MAX_JOB_REQUESTS:
@@ -200,8 +222,8 @@ def unpack_job_id(frame: bytes) -> int:
     return _JOB_ID.unpack(frame)[0]
 
 
-def _buffer(frame):
-    """The bytes-like content of a frame, whether ``bytes`` or ``zmq.Frame``."""
+def frame_buffer(frame: Frame) -> BytesLike:
+    """The bytes-like content of a received frame, ``bytes`` or ``zmq.Frame``, without a copy."""
     return getattr(frame, "buffer", frame)
 
 
@@ -223,14 +245,15 @@ class Wire:
         :meth:`seal`) and opened by their final recipient (see :meth:`open`).
     """
 
-    def __init__(self, key=None):
+    def __init__(self, key: Union[bytes, str, None] = None):
         if isinstance(key, str):
             key = key.encode()
         if key is not None and not key:
             raise ValueError("the key must not be empty")
         self.key: Optional[bytes] = key
 
-    def pack(self, kind: Kind, *fields, body: Sequence = (), payload: Sequence = ()) -> list:
+    def pack(self, kind: Kind, *fields: Union[int, float, bool], body: Sequence[Frame] = (),
+             payload: Sequence[Frame] = ()) -> List[Frame]:
         """Return the frames of a message of ``kind``.
 
         ``body`` holds the frames before the payload (a task id); ``payload`` is a payload as
@@ -241,7 +264,7 @@ class Wire:
             frames.append(_mac(self.key, _signed_part(kind, frames)))
         return frames
 
-    def unpack(self, frames: list):
+    def unpack(self, frames: Sequence[Frame]) -> Tuple[Kind, tuple, List[Frame]]:
         """Return ``(kind, fields, body)`` of a received message; ``body`` includes the payload.
 
         ``frames`` may hold ``bytes`` or ``zmq.Frame`` objects; ``body`` holds them as they came.
@@ -256,7 +279,7 @@ class Wire:
         if self.key is not None:
             if len(frames) < 2:
                 raise ProtocolError("unsigned message: no signature frame")
-            signature = bytes(_buffer(frames[-1]))
+            signature = bytes(frame_buffer(frames[-1]))
             frames = frames[:-1]
         try:
             kind, header = _kind_of(frames[0])
@@ -275,7 +298,7 @@ class Wire:
             raise ProtocolError(f"{kind.name} header of {len(header)} bytes, not {layout.size}")
         return kind, layout.unpack(header)[2:], frames[1:]
 
-    def seal(self, payload: Sequence, job_id: int, purpose: bytes) -> list:
+    def seal(self, payload: Sequence[Frame], job_id: int, purpose: bytes) -> List[Frame]:
         """Return ``payload`` with a seal frame that binds it to its job and purpose, if keyed.
 
         The seal is an HMAC of the payload made once by its origin (the task for requests, the
@@ -286,7 +309,7 @@ class Wire:
             return list(payload)
         return [*payload, _mac(self.key, payload, purpose + _JOB_ID.pack(job_id))]
 
-    def open(self, sealed: Sequence, job_id: int, purpose: bytes) -> list:
+    def open(self, sealed: Sequence[Frame], job_id: int, purpose: bytes) -> List[Frame]:
         """Return the payload frames of ``sealed`` after checking its seal, if keyed.
 
         Raises
@@ -298,7 +321,7 @@ class Wire:
             return list(sealed)
         if not sealed:
             raise ProtocolError("payload without its seal")
-        payload, seal = sealed[:-1], bytes(_buffer(sealed[-1]))
+        payload, seal = sealed[:-1], bytes(frame_buffer(sealed[-1]))
         expected = _mac(self.key, payload, purpose + _JOB_ID.pack(job_id))
         if not hmac.compare_digest(seal, expected):
             raise ProtocolError("payload seal mismatch: check the shared key (PFMQ_KEY)")
@@ -306,7 +329,7 @@ class Wire:
 
 
 def _kind_of(header_frame):
-    header = bytes(_buffer(header_frame))
+    header = bytes(frame_buffer(header_frame))
     if len(header) < 2:
         raise ProtocolError("header too short")
     if header[0] != VERSION:
@@ -328,7 +351,34 @@ def _signed_part(kind, frames):
 def _mac(key, frames, prefix=b"") -> bytes:
     mac = hmac.new(key, prefix, digestmod=hashlib.sha256)
     for frame in frames:
-        data = _buffer(frame)
+        data = frame_buffer(frame)
         mac.update(struct.pack("!Q", memoryview(data).nbytes))
         mac.update(data)
     return mac.digest()
+
+
+def exception_for(index: int, outcome: tuple) -> BaseException:
+    """The exception that the failed ``outcome`` of request ``index`` stands for."""
+    code = outcome[0]
+    if code == ERROR:
+        original, remote_traceback = outcome[1], outcome[2]
+        remote = RemoteError(f"request {index} failed on a worker", remote_traceback)
+        if original is None:
+            return remote
+        original.__cause__ = remote
+        original.__suppress_context__ = True
+        if isinstance(original, (StopIteration, StopAsyncIteration)):
+            # Raised at the consumer it would end the consumer's loop as if every result were
+            # in; wrapped as PEP 479 wraps one escaping a generator.
+            wrapped = RuntimeError(f"request {index} raised {type(original).__name__} on a "
+                                   f"worker")
+            wrapped.__cause__ = original
+            return wrapped
+        return original
+    if code == SERIALIZATION_ERROR:
+        return SerializationError(f"request {index}: {outcome[1]}")
+    if code == WORKERS_DIED:
+        return WorkerDiedError(f"request {index} failed: {outcome[1]}")
+    if code == ITERATOR_FAILED:
+        return outcome[1]
+    return RemoteError(f"request {index}: unknown outcome {code!r}")

@@ -1,18 +1,34 @@
 """The broker's bookkeeping: which jobs are queued for which task, which worker holds what.
 
-A :class:`Scheduler` owns that state and every decision about it; the broker's loop (see
-:mod:`pythonflow.pfmq.broker`) owns the sockets, reads messages, hands them to
-:meth:`Scheduler.on_task_message` and :meth:`Scheduler.on_worker_message`, and calls
-:meth:`Scheduler.dispatch` and :meth:`Scheduler.expire_silent_peers`. Messages go out through
-the two ``send`` callables the broker provides, which return ``False`` when the peer is gone.
+Data flow::
 
-States of a job: *queued* in its task's queue, *held* by one worker, then *settled* when the first
-result for it arrives (later results for it are dropped: the consumer sees each result once).
+    broker loop --on_task_message(SUBMIT, PING, CANCEL)--> Scheduler --send_to_task(RESULT,
+    broker loop --on_worker_message(READY, DONE, PING,       |            FAILED, PONG)--> tasks
+                                    RETURN, BYE)------------>|--send_to_worker(JOB, REVOKE,
+    broker loop --dispatch(), expire_silent_peers()--------->|            PONG)--> workers
+
+A :class:`Scheduler` owns that state and every decision about it; the broker's loop (see
+:mod:`pythonflow.pfmq.broker`) owns the sockets and hands each message to the handler of its
+kind. Messages go out through the two ``send`` callables the broker provides, which return
+``False`` when the peer is gone.
+
+The records it keeps of each job, task and worker are in :mod:`pythonflow.pfmq.records`; a job
+goes from QUEUED to HELD to SETTLED, and back to QUEUED when its worker dies, leaves or returns
+it (see :class:`~pythonflow.pfmq.records.JobState`).
+
 Tasks take turns (round robin), so a long ``imap`` does not starve a concurrent ``apply``; each
-job goes to the worker with the most free credit. A worker that stops sending heartbeats is
-presumed dead; the jobs it held go back to the front of their queues, and the oldest of them (the
-one it was running: workers run jobs in the order they got them) counts an attempt. After
-``max_attempts`` the job fails with :data:`~pythonflow.pfmq.protocol.Kind.FAILED`.
+job goes to the worker with the most free credit.
+
+A worker that stops sending heartbeats is presumed dead, and the jobs it held are sent again.
+Which of them killed it is known only when it held one job and nothing else: a worker that dies
+may take with it the ``DONE`` of the job it had just finished (ZeroMQ had not sent it yet), so
+"the oldest job it held" may be one it had answered. A death therefore counts an attempt only
+for a job its worker held alone; the jobs of any other death are *isolated* first: each is sent
+again to a worker that holds nothing else and gets nothing else until it answers (when none is
+idle, one is *reserved*: it gets no new jobs until it has answered those it holds). A poison job
+thus costs at most ``max_attempts + 1`` workers, and an innocent one that shared a worker with it
+is never blamed. After ``max_attempts`` counted deaths the job fails with
+:data:`~pythonflow.pfmq.protocol.Kind.FAILED`.
 
 A worker's credit (its free slots) drops with each job sent and comes back with the ``DONE`` of a
 job it held, once: also for a job it held whose task was cancelled meanwhile or that another
@@ -22,79 +38,21 @@ longer than :data:`MAX_PEER_INTERVAL` allows.
 """
 import collections
 import logging
-from typing import Callable
+from typing import Callable, List, Optional
 
 from . import protocol
-from .protocol import COMPLETED, Kind, ProtocolError
+from .errors import ProtocolError
+from .protocol import COMPLETED, Frame, Kind
+from .records import MAX_SLOTS, JobRecord, JobState, SupervisorRecord, TaskRecord, WorkerRecord
+
+__all__ = ["Scheduler", "MAX_PEER_INTERVAL"]
 
 LOGGER = logging.getLogger(__name__)
-_MAX_SLOTS = 1024  # a worker claiming more request slots is not believed
-_MAX_SUPERVISORS = 1024  # reports from more supervisors at once are dropped
+MAX_SUPERVISORS = 1024  # reports from more supervisors at once are dropped
 #: Seconds: the longest heartbeat interval a peer may claim (a longer one counts as this, or as
 #: the broker's own interval if that is longer), so that no peer makes the broker keep its state
 #: for weeks after it fell silent.
 MAX_PEER_INTERVAL = 60.0
-
-
-class _Job:
-    __slots__ = ("task_id", "job_id", "spec", "payload", "attempts", "worker", "settled")
-
-    def __init__(self, task_id, spec, payload):
-        self.task_id = task_id
-        self.job_id = spec[0]
-        self.spec = spec
-        self.payload = payload
-        self.attempts = 0
-        self.worker = None
-        self.settled = False
-
-
-class _TaskRecord:
-    __slots__ = ("id", "queue", "pending", "last_seen", "lapse", "ready")
-
-    def __init__(self, task_id, now, lapse):
-        self.id = task_id
-        self.queue = collections.deque()  # jobs waiting for a worker
-        self.pending = {}  # job id -> job not yet settled, queued or held
-        self.last_seen = now
-        self.lapse = lapse  # silent this long: presumed gone
-        self.ready = False  # listed in the round robin of tasks with queued jobs
-
-
-class _WorkerRecord:
-    __slots__ = ("id", "capacity", "credit", "jobs", "revoked", "last_seen", "lapse", "completed",
-                 "last_ping")
-
-    def __init__(self, worker_id, capacity, credit, now, lapse):
-        self.id = worker_id
-        self.capacity = capacity
-        self.credit = credit
-        self.jobs = {}  # (task id, job id) -> job, in the order sent
-        # (task id, job id) of jobs the worker holds that no longer count (their task was
-        # forgotten, or another worker answered first): its DONE for them still frees a slot.
-        self.revoked = set()
-        self.last_seen = now
-        self.lapse = lapse  # silent this long: presumed dead
-        self.completed = 0
-        self.last_ping = 0  # the number of the last heartbeat believed, see _on_worker_ping
-
-    def release(self, key) -> bool:
-        """Forget that the worker holds job ``key``; whether it did (then a slot is free)."""
-        if self.jobs.pop(key, None) is not None:
-            return True
-        if key in self.revoked:
-            self.revoked.discard(key)
-            return True
-        return False
-
-
-class _SupervisorRecord:
-    __slots__ = ("figures", "last_seen", "lapse")
-
-    def __init__(self):
-        self.figures = {}  # of the last REPORT: slots, running, restarts
-        self.last_seen = 0.0
-        self.lapse = 0.0
 
 
 class Scheduler:
@@ -112,9 +70,14 @@ class Scheduler:
     heartbeat_liveness : int
         Missed heartbeats before a peer is presumed gone.
     max_attempts : int
-        Deaths of the workers running a job before it fails.
+        Deaths of workers that held a job alone before it fails.
     max_frame : int
         The largest frame the broker accepts (0: no limit), told to peers in every ``PONG``.
+
+    Attributes
+    ----------
+    capacity : int
+        Requests all workers can hold at once, kept up to date as workers come and go.
     """
 
     def __init__(self, send_to_task: Callable[..., bool], send_to_worker: Callable[..., bool],
@@ -122,42 +85,60 @@ class Scheduler:
                  max_attempts: int, max_frame: int = 0):
         self._send_to_task = send_to_task
         self._send_to_worker = send_to_worker
-        self.incarnation = incarnation
+        self.incarnation, self.max_attempts, self.max_frame = incarnation, max_attempts, max_frame
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_liveness = heartbeat_liveness
-        self.max_attempts = max_attempts
-        self.max_frame = max_frame
         self.now = 0.0  # set by the loop before it hands over messages
         self.tasks = {}
         self.workers = {}
         self.supervisors = {}  # peer id -> the last REPORT of a supervisor of worker processes
-        self.ready_tasks = collections.deque()  # tasks with queued jobs, in turn
+        self.capacity = 0
+        # Tasks with QUEUED jobs, in turn; a dict for removal by id in constant time.
+        self.ready_tasks = collections.OrderedDict()
+        self.isolated = collections.deque()  # QUEUED jobs for a worker holding nothing else
+        self._reserved = None  # the id of the worker that drains for the next isolated job
         self.counters = collections.Counter()
+        self._task_handlers = {Kind.SUBMIT: self._on_submit, Kind.PING: self._on_task_ping,
+                               Kind.CANCEL: self._on_cancel}
+        self._worker_handlers = {Kind.READY: self._on_ready, Kind.DONE: self._on_done,
+                                 Kind.PING: self._on_worker_ping, Kind.RETURN: self._on_return,
+                                 Kind.BYE: self._on_bye, Kind.REPORT: self._on_report}
 
     # -- tasks -----------------------------------------------------------------------------------
 
-    def on_task_message(self, task_id, kind, fields, body):
-        """Handle a message from a task (``SUBMIT``, ``PING`` or ``CANCEL``)."""
+    def on_task_message(self, task_id: bytes, kind: Kind, fields: tuple,
+                        body: List[Frame]) -> None:
+        """Handle a message from a task: ``SUBMIT``, ``PING`` or ``CANCEL``.
+
+        A message of another kind, or a malformed one, raises :class:`ProtocolError`.
+        """
+        _handler(self._task_handlers, kind, "task")(task_id, fields, body)
+
+    def _heard_from_task(self, task_id):
+        """The record of a task that speaks, made when it first does."""
         task = self.tasks.get(task_id)
-        if kind is Kind.CANCEL:
-            if task is not None:
-                self._forget_task(task)
-            return
-        if kind not in (Kind.SUBMIT, Kind.PING):
-            raise ProtocolError(f"{kind.name} is not a task message")
-        if kind is Kind.SUBMIT:
-            self._check_submit(task_id, fields, body)
         if task is None:
-            task = self.tasks[task_id] = _TaskRecord(task_id, self.now, self._default_lapse)
+            task = self.tasks[task_id] = TaskRecord(task_id, self.now, self._default_lapse)
         task.last_seen = self.now
-        if kind is Kind.SUBMIT:
-            if fields[0] not in task.pending:  # a resent job the broker still has is ignored
-                job = task.pending[fields[0]] = _Job(task_id, fields, body)
-                self._enqueue(task, job)
-        else:
-            task.lapse = self._lapse(fields[1])
-            self._send_to_task(task_id, Kind.PONG, self.incarnation, fields[0], self.capacity,
-                               len(task.pending), True, self.max_frame)
+        return task
+
+    def _on_submit(self, task_id, fields, body):
+        self._check_submit(task_id, fields, body)
+        task = self._heard_from_task(task_id)
+        if fields[0] not in task.pending:  # a resent job the broker still has is ignored
+            job = task.pending[fields[0]] = JobRecord(task_id, fields, body)
+            self._enqueue(task, job)
+
+    def _on_task_ping(self, task_id, fields, body):
+        task = self._heard_from_task(task_id)
+        task.lapse = self._lapse(fields[1])
+        self._send_to_task(task_id, Kind.PONG, self.incarnation, fields[0], self.capacity,
+                           len(task.pending), True, self.max_frame)
+
+    def _on_cancel(self, task_id, fields, body):
+        task = self.tasks.get(task_id)
+        if task is not None:
+            self._forget_task(task)
 
     def _check_submit(self, task_id, fields, body):
         """Refuse a job no worker could run, and tell its task so that it does not wait for it.
@@ -176,43 +157,41 @@ class Scheduler:
             raise
 
     def _enqueue(self, task, job, front=False):
+        job.state, job.holder = JobState.QUEUED, None
         if front:
             task.queue.appendleft(job)
         else:
             task.queue.append(job)
-        if not task.ready:
-            task.ready = True
-            self.ready_tasks.append(task)
+        if task.id not in self.ready_tasks:
+            self.ready_tasks[task.id] = task
 
     def _forget_task(self, task):
         """Drop a task's jobs; workers holding some of them are told to skip them."""
         del self.tasks[task.id]
         holders = set()
         for job in task.pending.values():
-            job.settled = True
-            if job.worker is not None:
-                holder = self.workers.get(job.worker)
-                if holder is not None and holder.jobs.pop((task.id, job.job_id), None):
-                    holder.revoked.add((task.id, job.job_id))  # it answers, skipped or not
+            if job.state is JobState.HELD:
+                holder = self.workers.get(job.holder)
+                if holder is not None and holder.revoke(job.key):
                     holders.add(holder.id)
+            job.state = JobState.SETTLED
         for worker_id in holders:
             self._send_to_worker(worker_id, Kind.REVOKE, body=[task.id])
         self.counters["cancelled"] += len(task.pending)
         task.pending.clear()
         task.queue.clear()
-        if task.ready:  # else dispatch() would pop from its empty queue
-            self.ready_tasks.remove(task)
+        self.ready_tasks.pop(task.id, None)  # else dispatch() would pop from its empty queue
 
     def _settle(self, task_id, job_id):
-        """Mark a job answered and return it, or None if it was answered (or dropped) before."""
+        """Mark a job SETTLED and return it, or None if it was settled (or dropped) before."""
         task = self.tasks.get(task_id)
         job = task and task.pending.pop(job_id, None)
         if job is None:
             return None
-        job.settled = True
-        holder = job.worker and self.workers.get(job.worker)
-        if holder and holder.jobs.pop((task_id, job_id), None) is not None:
-            holder.revoked.add((task_id, job_id))  # answered elsewhere; its DONE frees a slot
+        holder = self.workers.get(job.holder) if job.state is JobState.HELD else None
+        if holder is not None:
+            holder.revoke(job.key)  # answered elsewhere; its DONE still frees a slot
+        job.state = JobState.SETTLED
         return job
 
     # -- workers ---------------------------------------------------------------------------------
@@ -230,40 +209,41 @@ class Scheduler:
         longest = max(MAX_PEER_INTERVAL, self.heartbeat_interval)
         return min(max(interval_ms, 1) / 1000, longest) * self.heartbeat_liveness
 
-    @property
-    def capacity(self) -> int:
-        """Requests all workers can hold at once."""
-        return sum(worker.capacity for worker in self.workers.values())
+    def on_worker_message(self, worker_id: bytes, kind: Kind, fields: tuple,
+                          body: List[Frame]) -> None:
+        """Handle a message from a worker (``READY``, ``DONE``, ``PING``, ``RETURN``, ``BYE``) or a
+        supervisor (``REPORT``).
 
-    def on_worker_message(self, worker_id, kind, fields, body):
-        """Handle a message from a worker (``READY``, ``DONE``, ``PING``, ``RETURN``, ``BYE``)."""
+        The broker drops a message for which this raises :class:`ProtocolError`: one of another
+        kind, or a malformed one.
+        """
         worker = self.workers.get(worker_id)
         if worker is not None and kind is not Kind.PING:  # a PING is believed once checked
             worker.last_seen = self.now
-        if kind is Kind.DONE:
-            self._on_done(worker, fields, body)
-        elif kind is Kind.PING:
-            self._on_worker_ping(worker_id, worker, fields, body)
-        elif kind is Kind.READY:
-            capacity = min(max(fields[0], 1), _MAX_SLOTS)
-            credit = min(fields[1], capacity)
-            if worker is None:
-                worker = self.workers[worker_id] = _WorkerRecord(
-                    worker_id, capacity, credit, self.now, self._default_lapse)
-                LOGGER.info("worker %s joined with %d slots", worker_id.hex()[:8], capacity)
-            worker.capacity, worker.credit = capacity, credit
-        elif kind is Kind.RETURN and worker is not None:
-            returned = [worker.jobs.pop((body[i].bytes, protocol.unpack_job_id(body[i + 1].bytes)),
-                                        None) for i in range(0, len(body) - 1, 2)]
-            worker.credit = 0  # it returns jobs because it is leaving: send it no more
-            self._requeue([job for job in returned if job is not None])
-        elif kind is Kind.BYE and worker is not None:
+        _handler(self._worker_handlers, kind, "worker")(worker_id, worker, fields, body)
+
+    def _on_ready(self, worker_id, worker, fields, body):
+        capacity = min(max(fields[0], 1), MAX_SLOTS)
+        credit = min(fields[1], capacity)
+        if worker is None:
+            worker = self.workers[worker_id] = WorkerRecord(
+                worker_id, 0, credit, self.now, self._default_lapse)
+            LOGGER.info("worker %s joined with %d slots", worker_id.hex()[:8], capacity)
+        self.capacity += capacity - worker.capacity
+        worker.capacity, worker.credit = capacity, credit
+
+    def _on_return(self, worker_id, worker, fields, body):
+        if worker is None:
+            return
+        returned = [worker.jobs.pop((body[i].bytes, protocol.unpack_job_id(body[i + 1].bytes)),
+                                    None) for i in range(0, len(body) - 1, 2)]
+        worker.credit = 0  # it returns jobs because it is leaving: send it no more
+        self._requeue([job for job in returned if job is not None])
+
+    def _on_bye(self, worker_id, worker, fields, body):
+        if worker is not None:
             LOGGER.info("worker %s left", worker_id.hex()[:8])
             self._remove_worker(worker, died=False)
-        elif kind is Kind.REPORT:
-            self._on_report(worker_id, fields)
-        elif kind not in (Kind.RETURN, Kind.BYE):
-            raise ProtocolError(f"{kind.name} is not a worker message")
 
     def _on_worker_ping(self, worker_id, worker, fields, body):
         # A worker's heartbeats come on a connection of their own and name the worker.
@@ -280,14 +260,14 @@ class Scheduler:
                              len(subject.jobs) if subject else 0, subject is not None,
                              self.max_frame)
 
-    def _on_report(self, peer_id, fields):
+    def _on_report(self, peer_id, worker, fields, body):
         """Keep a supervisor's figures (see ``REPORT`` in the protocol) until it falls silent."""
         slots, running, restarts, interval_ms = fields
         record = self.supervisors.get(peer_id)
         if record is None:
-            if len(self.supervisors) >= _MAX_SUPERVISORS:
+            if len(self.supervisors) >= MAX_SUPERVISORS:
                 raise ProtocolError("a REPORT from one supervisor too many")
-            record = self.supervisors[peer_id] = _SupervisorRecord()
+            record = self.supervisors[peer_id] = SupervisorRecord()
             LOGGER.info("supervisor %s of %d worker processes reports", peer_id.hex()[:8], slots)
         elif restarts != record.figures["restarts"]:
             LOGGER.info("supervisor %s has restarted %d worker processes", peer_id.hex()[:8],
@@ -295,7 +275,7 @@ class Scheduler:
         record.figures = {"slots": slots, "running": running, "restarts": restarts}
         record.last_seen, record.lapse = self.now, self._lapse(interval_ms)
 
-    def _on_done(self, worker, fields, body):
+    def _on_done(self, worker_id, worker, fields, body):
         job_id, status, elapsed = fields
         if not body:
             raise ProtocolError("DONE without a task id")
@@ -319,55 +299,102 @@ class Scheduler:
             self._forget_task(self.tasks[task_id])
 
     def _remove_worker(self, worker, died):
-        """Forget a worker; the jobs it held go back to the front of their queues."""
+        """Forget a worker; the jobs it held are sent again, isolated if it died."""
         del self.workers[worker.id]
+        self.capacity -= worker.capacity
         jobs = list(worker.jobs.values())
-        if died and jobs:
-            running = jobs[0]  # workers run jobs in the order they got them
-            running.attempts += 1
-            if running.attempts >= self.max_attempts:
-                jobs.pop(0)
-                self._fail(running, f"its workers died {running.attempts} times while running it")
-        self._requeue(jobs)
+        if died and len(jobs) == 1 and not worker.revoked:
+            # It held nothing else, so this is the job it died running (if it died running one).
+            blamed = jobs[0]
+            blamed.attempts += 1
+            if blamed.attempts >= self.max_attempts:
+                jobs.pop()
+                self._fail(blamed, f"its workers died {blamed.attempts} times while running it")
+        self._requeue(jobs, isolate=died)
 
-    def _requeue(self, jobs):
+    def _requeue(self, jobs, isolate=False):
+        """Put ``jobs`` back in order, at the front of their queues or of the isolated ones."""
         for job in reversed(jobs):
-            job.worker = None
             task = self.tasks.get(job.task_id)
-            if task is not None and not job.settled:
+            if task is None or job.state is JobState.SETTLED:
+                continue
+            self.counters["requeued"] += 1
+            if isolate or job.isolated:
+                job.state, job.holder, job.isolated = JobState.QUEUED, None, True
+                self.isolated.appendleft(job)
+            else:
                 self._enqueue(task, job, front=True)
-                self.counters["requeued"] += 1
 
     def _fail(self, job, reason):
-        self._settle(job.task_id, job.job_id)
+        job_id = job.spec[0]
+        self._settle(job.task_id, job_id)
         self.counters["failed"] += 1
-        LOGGER.warning("job %d of task %s failed: %s", job.job_id, job.task_id.hex()[:8], reason)
-        self._send_to_task(job.task_id, Kind.FAILED, job.job_id, body=[reason.encode()])
+        LOGGER.warning("job %d of task %s failed: %s", job_id, job.task_id.hex()[:8], reason)
+        self._send_to_task(job.task_id, Kind.FAILED, job_id, body=[reason.encode()])
 
-    def dispatch(self):
-        """Send queued jobs to the workers with the most free credit, one task at a time."""
+    # -- placing jobs ----------------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Send queued jobs: isolated ones first, then the others to the workers with the most
+        free credit, one task at a time."""
+        self._dispatch_isolated()
         while self.ready_tasks:
-            worker = max(self.workers.values(), key=lambda w: w.credit, default=None)
-            if worker is None or worker.credit <= 0:
+            worker = self._free_worker()
+            if worker is None:
                 return
-            task = self.ready_tasks.popleft()  # listed only while its queue holds jobs
+            task_id, task = self.ready_tasks.popitem(last=False)
             job = task.queue.popleft()
             if task.queue:
-                self.ready_tasks.append(task)
-            else:
-                task.ready = False
-            if job.settled:
-                continue
-            if self._send_to_worker(worker.id, Kind.JOB, *job.spec, body=[job.task_id],
-                                    payload=job.payload):
-                worker.credit -= 1
-                worker.jobs[(job.task_id, job.job_id)] = job
-                job.worker = worker.id
-            else:
-                self._enqueue(task, job, front=True)
-                self._remove_worker(worker, died=False)
+                self.ready_tasks[task_id] = task  # at the back: its next job waits its turn
+            if job.state is JobState.QUEUED:
+                self._send_job(worker, job)
 
-    def expire_silent_peers(self):
+    def _free_worker(self) -> Optional[WorkerRecord]:
+        """The worker with the most free credit that may take any job, or None."""
+        best = None
+        for worker in self.workers.values():
+            if worker.credit > 0 and (best is None or worker.credit > best.credit) and (
+                    worker.id != self._reserved and not worker.alone):
+                best = worker
+        return best
+
+    def _dispatch_isolated(self):
+        """Send each isolated job to an idle worker, reserving one to drain when none is."""
+        while self.isolated:
+            job = self.isolated[0]
+            if job.state is not JobState.QUEUED:
+                self.isolated.popleft()
+                continue
+            worker = self._idle_worker()
+            if worker is None:
+                return
+            self.isolated.popleft()
+            if self._send_job(worker, job):
+                worker.alone_with = job.key
+        self._reserved = None
+
+    def _idle_worker(self) -> Optional[WorkerRecord]:
+        """An idle worker; else None, after reserving the least busy one if none is reserved."""
+        idle = next((worker for worker in self.workers.values() if worker.idle), None)
+        if idle is None and self._reserved not in self.workers:
+            candidates = [w for w in self.workers.values() if w.credit > 0 and not w.alone]
+            if candidates:
+                self._reserved = min(candidates, key=lambda w: len(w.jobs) + len(w.revoked)).id
+        return idle
+
+    def _send_job(self, worker, job) -> bool:
+        """Send ``job`` to ``worker``; if the worker is gone, requeue the job and forget it."""
+        if self._send_to_worker(worker.id, Kind.JOB, *job.spec, body=[job.task_id],
+                                payload=job.payload):
+            worker.credit -= 1
+            worker.jobs[job.key] = job
+            job.state, job.holder = JobState.HELD, worker.id
+            return True
+        self._requeue([job])
+        self._remove_worker(worker, died=False)
+        return False
+
+    def expire_silent_peers(self) -> None:
         """Forget workers and tasks silent for longer than their lapse; requeue what they held."""
         for worker in [w for w in self.workers.values() if self.now - w.last_seen > w.lapse]:
             LOGGER.warning("worker %s missed %d heartbeats; presumed dead, %d jobs requeued",
@@ -388,12 +415,14 @@ class Scheduler:
         workers = {w.id.hex(): {"capacity": w.capacity, "credit": w.credit,
                                 "in_flight": len(w.jobs), "completed": w.completed}
                    for w in self.workers.values()}
+        queued = sum(job.state is JobState.QUEUED
+                     for task in self.tasks.values() for job in task.pending.values())
         return {
             "incarnation": self.incarnation,
             "workers": len(self.workers),
             "tasks": len(self.tasks),
             "capacity": self.capacity,
-            "queued": sum(len(t.queue) for t in self.tasks.values()),
+            "queued": queued,
             "in_flight": sum(len(w.jobs) for w in self.workers.values()),
             **{name: self.counters[name] for name in (
                 "completed", "requeued", "failed", "cancelled", "workers_lost",
@@ -403,3 +432,11 @@ class Scheduler:
             "restarts": sum(r.figures["restarts"] for r in self.supervisors.values()),
             "supervisors": {p.hex(): dict(r.figures) for p, r in self.supervisors.items()},
         }
+
+
+def _handler(handlers: dict, kind: Kind, side: str) -> Callable[..., None]:
+    """The handler of ``kind`` in the table of one side's handlers."""
+    handler = handlers.get(kind)
+    if handler is None:
+        raise ProtocolError(f"{kind.name} is not a {side} message")
+    return handler

@@ -33,11 +33,11 @@ import time
 import zmq
 
 from . import protocol
-from .common import RateLimitedLogger, Wakeup, dealer, key_hint, waiting_messages
-from .errors import ITERATOR_FAILED, WORKERS_DIED
-from .protocol import SERIALIZATION_ERROR, Kind, ProtocolError
+from .errors import ProtocolError, SerializationError
+from .protocol import ITERATOR_FAILED, SERIALIZATION_ERROR, WORKERS_DIED, Kind
 from .reader import reader_for, source_too_short
-from .serialization import SerializationError
+from .security import key_hint
+from .transport import RateLimitedLogger, Wakeup, dealer, waiting_messages
 
 LOGGER = logging.getLogger(__name__)
 

@@ -37,8 +37,9 @@ from typing import Any, Callable, List, Optional
 import zmq
 
 from . import launch, protocol
-from .common import Wakeup, resolve_key
 from .protocol import Kind
+from .security import resolve_key
+from .transport import Wakeup
 
 LOGGER = logging.getLogger(__name__)
 _LOG_LINES = 20  # lines of each worker's stderr kept for the crash-loop error

@@ -16,11 +16,13 @@ from typing import Any, Iterable, Optional
 import zmq
 
 from . import position, protocol
-from .common import HEARTBEAT_INTERVAL, Wakeup, check_address, dealer, resolve_key
-from .errors import ITERATOR_FAILED, exception_for
-from .protocol import OK, Kind, ProtocolError
+from .errors import ProtocolError
+from .liveness import HEARTBEAT_INTERVAL
+from .protocol import ITERATOR_FAILED, OK, Kind, exception_for
+from .security import resolve_key
 from .serialization import make_serializer
 from .stream import Stream
+from .transport import Wakeup, check_address, dealer
 
 LOGGER = logging.getLogger(__name__)
 

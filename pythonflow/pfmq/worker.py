@@ -27,24 +27,22 @@ takes no lock and does not log, so it cannot deadlock with the thread it interru
 """
 import logging
 import threading
-from typing import Any, Callable, Optional
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import zmq
 
 from . import protocol
-from .common import (
-    HEARTBEAT_INTERVAL,
-    HEARTBEAT_LIVENESS,
-    RateLimitedLogger,
-    Service,
-    Wakeup,
-    check_address,
-    resolve_key,
-)
 from .connections import Heartbeat, Renewal, Session
 from .jobs import Evaluator, GraphTarget, seed_generators
-from .lifecycle import Lifecycle, State
-from .serialization import make_serializer
+from .lifecycle import Lifecycle, Service, State
+from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from .security import CurveClient, KeyLike, resolve_key
+from .serialization import Dumps, Loads, Serializer, make_serializer
+from .transport import RateLimitedLogger, Wakeup, check_address
+
+if TYPE_CHECKING:
+    from ..graph import Graph
 
 __all__ = ["Worker", "GraphTarget", "State", "seed_generators"]
 
@@ -82,11 +80,12 @@ class Worker(Service):
         hands the jobs it has not started back, reconnects and signs up again. The broker presumes
         a worker dead after as many of the worker's intervals.
     key : bytes or str, optional
-        Shared key for signed messages; defaults to ``PFMQ_KEY``.
+        The key shared with the broker and tasks, which signs every message; ``PFMQ_KEY`` if
+        not given.
     serializer : Serializer or str, optional
-        Instead of ``dumps``/``loads``.
+        A serializer (or ``"msgpack"``, ``"pickle"``) to use in place of ``dumps``/``loads``.
     curve : pythonflow.pfmq.security.CurveClient, optional
-        Encrypt the connection to the broker with CurveZMQ.
+        The worker's CurveZMQ keys and the broker's public key, to encrypt its connections.
     max_message_size : int, optional
         The broker's ``max_message_size`` (by default learned from its heartbeats): a result that
         would need a larger frame fails with :class:`~pythonflow.pfmq.SerializationError` instead
@@ -97,12 +96,14 @@ class Worker(Service):
     """
 
     def __init__(self, target: Optional[Callable[[Any], Any]], address: Optional[str],
-                 dumps=None, loads=None, start: bool = False, timeout: float = 10,
+                 dumps: Optional[Dumps] = None, loads: Optional[Loads] = None,
+                 start: bool = False, timeout: float = 10,
                  num_retries: Optional[int] = None, prefetch: int = 1, *,
                  max_retries: Optional[int] = _UNSET,
                  heartbeat_interval: float = HEARTBEAT_INTERVAL,
-                 heartbeat_liveness: int = HEARTBEAT_LIVENESS, key=None, serializer=None,
-                 curve=None, max_message_size: Optional[int] = None,
+                 heartbeat_liveness: int = HEARTBEAT_LIVENESS, key: Optional[KeyLike] = None,
+                 serializer: Union[Serializer, str, None] = None,
+                 curve: Optional[CurveClient] = None, max_message_size: Optional[int] = None,
                  context: Optional[zmq.Context] = None):
         if target is not None and not callable(target):
             raise TypeError(f"target must be callable, not {type(target).__name__}")
@@ -111,10 +112,8 @@ class Worker(Service):
         self.num_retries = _retries(num_retries, max_retries)
         _check_options(timeout, prefetch, heartbeat_interval, heartbeat_liveness)
         self.serializer = make_serializer(dumps, loads, serializer)
-        self.timeout = timeout
-        self.prefetch = prefetch
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_liveness = heartbeat_liveness
+        self.timeout, self.prefetch = timeout, prefetch
+        self.heartbeat_interval, self.heartbeat_liveness = heartbeat_interval, heartbeat_liveness
         # Pinging at least twice per timeout keeps a short timeout from expiring between the
         # answers of a live broker; the broker is told the interval actually used.
         self._ping_interval = min(heartbeat_interval, timeout / 2)
@@ -140,7 +139,8 @@ class Worker(Service):
             self.run_async()
 
     @classmethod
-    def from_graph(cls, graph, address: Optional[str], *args, **kwargs) -> "Worker":
+    def from_graph(cls, graph: "Graph", address: Optional[str], *args: Any,
+                   **kwargs: Any) -> "Worker":
         """A worker evaluating requests with ``graph`` (see :class:`GraphTarget`)."""
         return cls(GraphTarget(graph), address, *args, **kwargs)
 
@@ -254,7 +254,8 @@ class Worker(Service):
                 if thread is not None and thread is not threading.current_thread():
                     thread.join(limit)  # they end as soon as they see the worker stopped
 
-    def handle_signal(self, signum: Optional[int] = None, frame=None) -> None:
+    def handle_signal(self, signum: Optional[int] = None,
+                      frame: Optional[FrameType] = None) -> None:
         """A signal handler that cancels the worker.
 
         Install it with ``signal.signal(signal.SIGTERM, worker.handle_signal)``. It only writes

@@ -37,7 +37,7 @@ import uuid
 from typing import Any, List, Optional
 
 from .. import launch
-from ..common import check_address
+from ..transport import check_address
 
 LOGGER = logging.getLogger(__name__)
 

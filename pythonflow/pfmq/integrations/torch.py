@@ -44,8 +44,8 @@ import torch.utils.data
 
 from ..broker import Broker
 from ..cluster import LocalCluster
-from ..common import check_address
 from ..task import Task
+from ..transport import check_address
 from .torch_helpers import map_leaves, pinned, rank_share, stream_seed, to_tensors
 
 LOGGER = logging.getLogger(__name__)

@@ -1,12 +1,16 @@
-"""The small shared pieces of pfmq: the cross-thread wake-up and address checks."""
+"""The transport helpers of pfmq: the cross-thread wake-up, address checks and draining."""
 import collections
+import logging
 import threading
 import time
+import uuid
 
 import pytest
 import zmq
 
-from pythonflow.pfmq.common import Wakeup, check_address
+from pythonflow.pfmq.errors import ProtocolError
+from pythonflow.pfmq.protocol import VERSION, Kind, Wire
+from pythonflow.pfmq.transport import RateLimitedLogger, Wakeup, check_address, handle_waiting
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -88,3 +92,45 @@ def test_wakeup_coalesces_and_rearms():
 def test_bad_addresses_are_refused(address):
     with pytest.raises(ValueError, match="address|transport"):
         check_address(address)
+
+
+def test_handle_waiting_hands_over_good_messages_and_drops_the_rest_with_one_log_line(caplog):
+    context = zmq.Context.instance()
+    address = f"inproc://transport-test-{uuid.uuid4().hex}"
+    router = context.socket(zmq.ROUTER)
+    router.bind(address)
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.ROUTING_ID, b"peer-one")
+    dealer.connect(address)
+    wire, handled, dropped = Wire(), [], []
+
+    def handle(peer, kind, fields, body):
+        if kind is Kind.BYE:
+            raise ProtocolError("BYE is not expected here")
+        handled.append((peer, kind, tuple(fields), [bytes(frame) for frame in body]))
+
+    try:
+        dealer.send_multipart(wire.pack(Kind.PING, 1, 500))
+        for garbage in range(5):  # an unknown kind, then a kind the handler refuses
+            dealer.send_multipart([bytes([VERSION, 200 + garbage])])
+        dealer.send_multipart(wire.pack(Kind.BYE))
+        dealer.send_multipart(wire.pack(Kind.RETURN, body=[b"task", b"12345678"]))
+        log = RateLimitedLogger(logging.getLogger("transport-test"), interval=60)
+        deadline = time.monotonic() + 10
+        with caplog.at_level(logging.WARNING, "transport-test"):
+            while len(handled) < 2:
+                assert time.monotonic() < deadline, "the messages did not arrive"
+                router.poll(100)
+                handle_waiting(router, wire, handle, log, routed=True, limit=3,
+                               on_drop=dropped.append)
+    finally:
+        dealer.close(linger=0)
+        router.close(linger=0)
+    assert handled == [(b"peer-one", Kind.PING, (1, 500), []),
+                       (b"peer-one", Kind.RETURN, (), [b"task", b"12345678"])]
+    assert len(dropped) == 6 and all(isinstance(exc, ProtocolError) for exc in dropped)
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2, lines  # one per kind of complaint: unknown kinds, a refused BYE
+    assert all(line.startswith(f"dropped a message from {b'peer-one'.hex()[:8]}: ")
+               for line in lines)
+

@@ -1,20 +1,36 @@
-"""Small pieces shared by the broker, workers and tasks."""
+r"""The sockets between peers: connecting, draining what waits, waking a poller, logging garbage.
+
+Data flow::
+
+    dealer(...) --connect--> broker ROUTER          (sends never block: see dealer)
+    socket --waiting_messages--> frames --Wire.unpack--> handler      (handle_waiting)
+                                             \--> a malformed message: RateLimitedLogger,
+                                                  one line per kind of complaint and interval
+    any thread --Wakeup.set()--> the thread blocked in zmq.Poller.poll wakes up
+
+Everything here is the same for tasks, workers and the broker; what the messages mean is theirs
+(see :mod:`~pythonflow.pfmq.protocol` for the frames).
+"""
 import logging
-import os
 import re
 import socket
 import threading
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Collection, Iterator, List, Optional, Tuple
 
 import zmq
 
+from .errors import ProtocolError
+
+if TYPE_CHECKING:  # the types of arguments only: both modules import this one
+    from .protocol import Wire
+    from .security import CurveClient
+
+__all__ = ["check_address", "dealer", "waiting_messages", "handle_waiting", "Wakeup",
+           "RateLimitedLogger"]
+
 LOGGER = logging.getLogger(__name__)
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: or-ing enum flags costs microseconds per message
-
-#: Seconds between heartbeats, and how many may be missed before a peer is presumed dead.
-HEARTBEAT_INTERVAL = 1.0
-HEARTBEAT_LIVENESS = 3
 
 # What varies between log messages of one kind: runs of digits, and hexadecimal runs long enough
 # to be ids rather than words (see RateLimitedLogger).
@@ -22,20 +38,14 @@ _VARYING = re.compile(r"\b[0-9a-fA-F]{8,}\b|\d+")
 _MAX_KEY_LENGTH = 200
 
 
-def resolve_key(key=None) -> Optional[bytes]:
-    """Return the shared key: ``key`` if given, else the ``PFMQ_KEY`` environment variable."""
-    if key is None:
-        key = os.environ.get("PFMQ_KEY") or None
-    if isinstance(key, str):
-        key = key.encode()
-    return key
-
-
-def key_hint(key) -> str:
-    """Words added to "no answer from the broker" when a key is set: a mismatch looks the same."""
-    if key is None:
-        return ""
-    return " (a key is set: a key that differs from the broker's, see PFMQ_KEY, may be the cause)"
+def check_address(address: str) -> str:
+    """Return ``address``; raise ``ValueError`` unless it looks like a ZeroMQ endpoint."""
+    if not isinstance(address, str) or "://" not in address:
+        raise ValueError(f"{address!r} is not a ZeroMQ address such as tcp://127.0.0.1:5555")
+    transport = address.split("://", 1)[0]
+    if transport not in {"tcp", "ipc", "inproc"}:
+        raise ValueError(f"{address!r}: transport must be tcp, ipc or inproc")
+    return address
 
 
 class _NeverBlockingSocket(zmq.Socket):
@@ -52,7 +62,8 @@ class _NeverBlockingSocket(zmq.Socket):
             return None
 
 
-def dealer(context: zmq.Context, address: str, routing_id: bytes, curve=None) -> zmq.Socket:
+def dealer(context: zmq.Context, address: str, routing_id: bytes,
+           curve: Optional["CurveClient"] = None) -> zmq.Socket:
     """A DEALER socket connected to ``address`` that never blocks a send and never lingers.
 
     ``curve`` (a :class:`~pythonflow.pfmq.security.CurveClient`) encrypts the connection unless
@@ -69,7 +80,7 @@ def dealer(context: zmq.Context, address: str, routing_id: bytes, curve=None) ->
     return sock
 
 
-def waiting_messages(sock: zmq.Socket, limit: int = 1 << 30):
+def waiting_messages(sock: zmq.Socket, limit: int = 1 << 30) -> Iterator[List[zmq.Frame]]:
     """Yield up to ``limit`` messages already waiting on ``sock``, as lists of ``zmq.Frame``.
 
     Asking the socket first is cheaper than a non-blocking receive that raises when it is empty.
@@ -80,35 +91,47 @@ def waiting_messages(sock: zmq.Socket, limit: int = 1 << 30):
         yield sock.recv_multipart(copy=False)
 
 
-def check_address(address: str) -> str:
-    """Raise ``ValueError`` unless ``address`` looks like a ZeroMQ endpoint."""
-    if not isinstance(address, str) or "://" not in address:
-        raise ValueError(f"{address!r} is not a ZeroMQ address such as tcp://127.0.0.1:5555")
-    transport = address.split("://", 1)[0]
-    if transport not in {"tcp", "ipc", "inproc"}:
-        raise ValueError(f"{address!r}: transport must be tcp, ipc or inproc")
-    return address
+def handle_waiting(sock: zmq.Socket, wire: "Wire", handle: Callable[..., None],
+                   log: "RateLimitedLogger", *, routed: bool = False, limit: int = 1 << 30,
+                   errors: Tuple[type, ...] = (ProtocolError,), level: int = logging.WARNING,
+                   on_drop: Optional[Callable[[Exception], None]] = None) -> None:
+    """Unpack each message waiting on ``sock`` and hand it to ``handle``; log and drop the bad.
 
-
-class Service:
-    """What the broker and workers share: a background thread, started on ``with`` entry and
-    cancelled on exit. Subclasses set ``_thread`` and define ``is_alive``, ``run_async`` and
-    ``cancel``."""
-
-    _thread: Optional[threading.Thread] = None
-
-    def __enter__(self):
-        if not self.is_alive:
-            self.run_async()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.cancel()
-
-    def _join(self, timeout: Optional[float]) -> None:
-        """Wait for the background thread, unless called from it."""
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+    Parameters
+    ----------
+    sock : zmq.Socket
+        The socket to drain.
+    wire : Wire
+        Unpacks (and checks the signature of) every message.
+    handle : callable
+        Called as ``handle(kind, fields, body)``; with ``routed``, as
+        ``handle(peer, kind, fields, body)``, ``peer`` being the routing id a ROUTER socket put
+        first.
+    log : RateLimitedLogger
+        Where a dropped message is reported, at ``level``.
+    routed : bool
+        Whether ``sock`` is a ROUTER.
+    limit : int
+        Most messages read, so that a busy socket cannot starve the caller's other sockets.
+    errors : tuple of exception types
+        What a malformed message makes ``Wire.unpack`` or ``handle`` raise: such a message is
+        dropped, and the next one read.
+    on_drop : callable, optional
+        Called with the exception for every dropped message (the broker counts them).
+    """
+    for frames in waiting_messages(sock, limit):
+        peer = None
+        try:
+            if routed:
+                peer = frames[0].bytes
+                handle(peer, *wire.unpack(frames[1:]))
+            else:
+                handle(*wire.unpack(frames))
+        except errors as exc:
+            if on_drop is not None:
+                on_drop(exc)
+            source = "" if peer is None else f" from {peer.hex()[:8]}"
+            log.log(level, str(exc), "dropped a message%s: %s", source, exc)
 
 
 class Wakeup:
@@ -153,7 +176,7 @@ class Wakeup:
         with self._lock:
             self._pending = False
 
-    def clear_if_woken(self, ready) -> None:
+    def clear_if_woken(self, ready: Collection) -> None:
         """:meth:`clear` if ``ready`` (the events of ``zmq.Poller.poll`` or the readable list of
         ``zmq.select``, which name the descriptor, not this object) says this wake-up fired."""
         if self._reader.fileno() in ready:
@@ -189,7 +212,7 @@ class RateLimitedLogger:
         """``key`` with what varies between messages of one kind (numbers, ids) made ``#``."""
         return _VARYING.sub("#", key[:_MAX_KEY_LENGTH])
 
-    def log(self, level: int, key: str, message: str, *args) -> None:
+    def log(self, level: int, key: str, message: str, *args: object) -> None:
         """Log ``message % args`` at ``level`` unless a message like ``key`` was logged within
         the interval."""
         key = self.template(key)
