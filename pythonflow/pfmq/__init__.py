@@ -9,6 +9,7 @@ serializer that cannot run code.
 The library is the modules of this package, one concern each::
 
     task.py, stream.py, reader.py   a task: requests out, results back in order (Task, apply)
+    position.py                     where a stream stands: state_dict() and resume=
     broker.py                       the broker's sockets and loop (Broker)
     scheduler.py, records.py        the broker's decisions, and what it knows of jobs and peers
     worker.py, lifecycle.py         a worker and its named states (Worker, Service)
@@ -21,11 +22,13 @@ The library is the modules of this package, one concern each::
     security.py, zap.py             keys, CurveZMQ, and the handler that lets clients in
     errors.py                       every exception, importing nothing of the package
     cluster.py, launch.py, cli.py   local clusters, worker processes, the pfmq command
+    supervisor.py                   replacing dead worker processes (CrashLoopError)
+    torch.py                        the address of integrations.torch.IterableDataset
 
 Three sub-packages are built on it and not imported by it: :mod:`pythonflow.pfmq.demo` (the
 ``pfmq demo`` image pipeline, with the ``demo`` extra), :mod:`pythonflow.pfmq.bench` (the ``pfmq
 bench`` performance suite) and :mod:`pythonflow.pfmq.integrations` (adapters to other tools,
-such as ipyparallel).
+such as ipyparallel, PyTorch).
 """
 from . import security, serializers
 from .broker import Broker
