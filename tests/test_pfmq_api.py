@@ -147,13 +147,26 @@ def test_ordered_imap_with_random_durations(broker):
 
 
 def test_unordered_imap_yields_as_completed(broker):
-    requests = [(0, 0.5)] + [(i, 0.0) for i in range(1, 30)]
-    with thread_workers(broker.backend_address, 2, target="sleep", prefetch=0):
+    release = threading.Event()
+
+    def zero_when_released(request):
+        if request == 0:
+            assert release.wait(10), "request 0 was never released"
+        return request
+
+    with thread_workers(broker.backend_address, 2, target=zero_when_released, prefetch=0):
         wait_for_workers(broker, 2)
-        results = list(broker.imap(requests, ordered=False))
-        assert sorted(results) == list(range(30))
-        assert results[0] != 0, "the slow first request should not come first"
-        assert list(broker.imap(requests[:5])) == [0, 1, 2, 3, 4]
+        task = broker.imap(range(30), ordered=False)
+        first = next(task)  # request 0 is held: another one must come first
+        release.set()
+        results = [first, *task]
+        assert first != 0 and sorted(results) == list(range(30))
+        # In order, the results after a request that is held wait for it.
+        release.clear()
+        with broker.imap(range(5)) as task:
+            wait_until(lambda: broker.stats()["completed"] == 30 + 4, message="1 to 4 done")
+            release.set()
+            assert list(task) == [0, 1, 2, 3, 4]
 
 
 def test_len_of_a_task(broker):
