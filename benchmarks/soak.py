@@ -122,9 +122,11 @@ def soak(duration, workers, interval, heartbeat, seed):
         requests = ({"fetches": "result", "context": {"index": i}} for i in itertools.count())
         task = pfmq.Task(requests, frontend, timeout=5, num_retries=12,
                          heartbeat_interval=heartbeat)
-        chaos_thread.start()
         expected = 0
         for result in task:
+            if chaos_thread.ident is None:  # faults and the clock start once the pool serves
+                chaos_thread.start()
+                started = time.monotonic()
             if result > expected:
                 report["lost"] += result - expected
             elif result < expected:
@@ -137,7 +139,8 @@ def soak(duration, workers, interval, heartbeat, seed):
         task.cancel()
     finally:
         chaos.close()
-        chaos_thread.join(10)
+        if chaos_thread.ident is not None:
+            chaos_thread.join(10)
     report["seconds"] = time.monotonic() - started
     report["faults"] = dict(chaos.faults)
     return report

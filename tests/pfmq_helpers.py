@@ -38,6 +38,30 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0, interval:
         time.sleep(interval)
 
 
+def wait_until_steady(sample: Callable[[], object], timeout: float = 10.0,
+                      interval: float = 0.05, message: str = "a steady state") -> object:
+    """Poll ``sample`` until it returns the same true value twice in a row, ``interval`` seconds
+    apart, and return that value; fail after ``timeout`` seconds.
+
+    ``sample`` returns something false while the system is visibly busy; two equal samples
+    tell that nothing changed in between."""
+    previous = None
+    deadline = time.monotonic() + timeout
+    while True:
+        value = sample()
+        if value and value == previous:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not reached within {timeout} s (last {value!r})")
+        previous = value
+        time.sleep(interval)
+
+
+def workers_idle(workers: List[pfmq.Worker]) -> bool:
+    """Whether none of ``workers`` holds a job (running or prefetched)."""
+    return all(worker.held == 0 for worker in workers)
+
+
 def wait_for_workers(broker: pfmq.Broker, count: int, timeout: float = 20.0) -> dict:
     """Wait until ``count`` workers signed up with ``broker``; return its statistics."""
     return wait_until(lambda: (lambda s: s if s["workers"] == count else None)(broker.stats()),

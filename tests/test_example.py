@@ -101,7 +101,19 @@ def test_graph_pickles_by_reference_to_the_package(example):
         _seed(1)
         results.append(graph('rotated_image', filename=example.SAMPLE_IMAGE))
     np.testing.assert_array_equal(*results)
-    assert example.build_graph(noise_scale=0.5) is not example.graph
+
+
+def test_graph_options_take_effect(example):
+    _seed(2)
+    noise, angle = example.build_graph(noise_scale=0.5, max_angle=5.0)(
+        ['noise', 'angle'], filename=example.SAMPLE_IMAGE)
+    # 196,608 draws in (0.5, 1]: some fall below the default range's floor of 0.75.
+    assert 0.5 <= noise.min() < 0.75 and noise.max() <= 1
+    assert -5 <= angle <= 5 and angle != 0
+    _seed(2)
+    noise, angle = example.build_graph(noise_scale=0.0, max_angle=0.0)(
+        ['noise', 'angle'], filename=example.SAMPLE_IMAGE)
+    assert (noise == 1).all() and angle == 0
 
 
 def test_seeded_imap_on_a_worker_matches_local_evaluation(example):

@@ -15,6 +15,8 @@ from pfmq_helpers import (  # noqa: F401 (broker_fixture provides the ``broker``
     thread_workers,
     wait_for_workers,
     wait_until,
+    wait_until_steady,
+    workers_idle,
 )
 from worker_process import make_graph
 
@@ -145,13 +147,26 @@ def test_ordered_imap_with_random_durations(broker):
 
 
 def test_unordered_imap_yields_as_completed(broker):
-    requests = [(0, 0.5)] + [(i, 0.0) for i in range(1, 30)]
-    with thread_workers(broker.backend_address, 2, target="sleep", prefetch=0):
+    release = threading.Event()
+
+    def zero_when_released(request):
+        if request == 0:
+            assert release.wait(10), "request 0 was never released"
+        return request
+
+    with thread_workers(broker.backend_address, 2, target=zero_when_released, prefetch=0):
         wait_for_workers(broker, 2)
-        results = list(broker.imap(requests, ordered=False))
-        assert sorted(results) == list(range(30))
-        assert results[0] != 0, "the slow first request should not come first"
-        assert list(broker.imap(requests[:5])) == [0, 1, 2, 3, 4]
+        task = broker.imap(range(30), ordered=False)
+        first = next(task)  # request 0 is held: another one must come first
+        release.set()
+        results = [first, *task]
+        assert first != 0 and sorted(results) == list(range(30))
+        # In order, the results after a request that is held wait for it.
+        release.clear()
+        with broker.imap(range(5)) as task:
+            wait_until(lambda: broker.stats()["completed"] == 30 + 4, message="1 to 4 done")
+            release.set()
+            assert list(task) == [0, 1, 2, 3, 4]
 
 
 def test_len_of_a_task(broker):
@@ -162,11 +177,23 @@ def test_len_of_a_task(broker):
             len(task)
 
 
+def task_default(option: str):
+    """The default of a :class:`pfmq.Task` option."""
+    return inspect.signature(pfmq.Task).parameters[option].default
+
+
+def read_ahead_bound(consumed: int, cache_size: int, capacity: int) -> int:
+    """The most requests a task may have taken from its iterator: those consumed, a full cache,
+    the jobs it keeps in flight (two per worker slot, plus one) and one batch read ahead, each
+    job a batch of at most ``max_batch`` requests."""
+    return consumed + cache_size + (2 * capacity + 2) * task_default("max_batch")
+
+
 @pytest.mark.parametrize("how", ["cancel", "del"])
 def test_abandoned_infinite_task_is_forgotten(broker, how):
     requests = CountingIterator(itertools.count())
     with thread_workers(broker.backend_address, 2) as workers:
-        wait_for_workers(broker, 2)
+        capacity = wait_for_workers(broker, 2)["capacity"]
         task = broker.imap(requests)
         for result in task:
             if result >= 100:
@@ -178,31 +205,39 @@ def test_abandoned_infinite_task_is_forgotten(broker, how):
             gc.collect()
         wait_until(lambda: (lambda s: s["tasks"] == s["queued"] == s["in_flight"] == 0)(
             broker.stats()), timeout=5, message="the abandoned task forgotten")
-        # A job already running may finish; after that the workers stay idle.
-        time.sleep(0.3)
+        # A job already running may finish and prefetched ones are skipped. Once the workers
+        # hold nothing, nothing of the task is left anywhere: the next request is the only one
+        # evaluated.
+        wait_until(lambda: workers_idle(workers), message="the workers idle")
         executed = sum(worker.executed for worker in workers)
-        time.sleep(0.5)
-        assert sum(worker.executed for worker in workers) == executed
-        assert requests.count < 5000, "the generator was read far beyond what was needed"
+        read = requests.count
         assert broker.apply(1) == 2
+        assert sum(worker.executed for worker in workers) == executed + 1
+        assert requests.count == read, "the abandoned task still reads its requests"
+        # The results 0, 2, ..., 100 were taken.
+        assert read <= read_ahead_bound(51, task_default("cache_size"), capacity)
 
 
 def test_cache_size_bounds_read_ahead(broker):
     requests = CountingIterator(itertools.count())
     cache_size = 16
-    max_batch = inspect.signature(pfmq.Task).parameters["max_batch"].default
-    with thread_workers(broker.backend_address, 1, prefetch=1):
+    with thread_workers(broker.backend_address, 1, prefetch=1) as workers:
         capacity = wait_for_workers(broker, 1)["capacity"]
         with broker.imap(requests, cache_size=cache_size) as task:
             assert next(task) == 0
-            time.sleep(1.0)  # a consumer that does not consume
-            yielded = requests.count
-            # At most: the cache, the jobs in flight (two per worker slot, plus one) and a batch
-            # being read.
-            bound = 1 + cache_size + (2 * capacity + 2) * max_batch
-            assert yielded <= bound and yielded < 2000
-            time.sleep(0.3)
-            assert requests.count == yielded, "the task kept reading while nobody consumed"
+
+            def sample():  # while nobody consumes, the task must come to a halt
+                stats = broker.stats()
+                if stats["queued"] or stats["in_flight"] or not workers_idle(workers):
+                    return None
+                return requests.count, stats["completed"]
+
+            taken, completed = wait_until_steady(sample, message="the task halted")
+            # It halted because its cache is full (the one result consumed aside) ...
+            assert completed >= 1 + cache_size
+            # ... with every request it sent evaluated, and at most one batch read ahead.
+            assert completed <= taken <= completed + task_default("max_batch")
+            assert taken <= read_ahead_bound(1, cache_size, capacity)
             assert [next(task) for _ in range(1, 3000)] == [2 * i for i in range(1, 3000)]
 
 
@@ -304,7 +339,7 @@ def test_graph_worker_context_and_contexts(broker):
 @needs_graph
 def test_graph_worker_unknown_fetch(broker):
     with thread_workers(broker.backend_address, target="graph"):
-        with pytest.raises(Exception, match="nonexistent") as info:
+        with pytest.raises(KeyError, match="nonexistent") as info:
             broker.apply({"fetches": "nonexistent", "context": {"x": 1}})
         assert isinstance(info.value.__cause__, pfmq.RemoteError)
         assert broker.apply({"fetches": "double", "context": {"x": 1}}) == 2

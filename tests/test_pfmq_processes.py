@@ -123,7 +123,7 @@ def test_graph_worker_process():
         assert list(broker.imap(batches)) == [[i * i, i * i] for i in range(20)]
         with pytest.raises(KeyError, match="context"):
             broker.apply({"fetches": "double"})
-        with pytest.raises(Exception, match="nonexistent") as info:
+        with pytest.raises(KeyError, match="nonexistent") as info:
             broker.apply({"fetches": "nonexistent", "context": {"x": 1}})
         assert isinstance(info.value.__cause__, pfmq.RemoteError)
         assert broker.apply({"fetches": ["double", "square"], "context": {"x": 3}}) == (6, 9)
