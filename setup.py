@@ -11,9 +11,10 @@ with open(os.path.join(HERE, "README.rst"), encoding="utf-8") as fp:
 DEMO = ["scipy", "pillow", "tqdm"]
 MSGPACK = ["msgpack>=1.0"]
 IPYPARALLEL = ["ipyparallel>=8"]
+PROMETHEUS = ["prometheus_client>=0.12"]
 # The guide's pictures run the demo's image graph, and the performance chart is matplotlib's.
 DOCS = ["sphinx>=7", "matplotlib>=3.6"] + DEMO
-TEST = ["pytest>=7", "pytest-timeout>=2"] + MSGPACK + IPYPARALLEL + DOCS
+TEST = ["pytest>=7", "pytest-timeout>=2"] + MSGPACK + IPYPARALLEL + PROMETHEUS + DOCS
 
 setup(
     name="pythonflow",
@@ -30,6 +31,7 @@ setup(
         "demo": DEMO,
         "msgpack": MSGPACK,
         "ipyparallel": IPYPARALLEL,
+        "prometheus": PROMETHEUS,
         "docs": DOCS,
         "test": TEST,
     },

@@ -50,7 +50,7 @@ class _Job:
 
 
 class _TaskRecord:
-    __slots__ = ("id", "queue", "pending", "last_seen", "lapse", "ready")
+    __slots__ = ("id", "queue", "pending", "last_seen", "lapse", "ready", "completed")
 
     def __init__(self, task_id, now, lapse):
         self.id = task_id
@@ -59,11 +59,12 @@ class _TaskRecord:
         self.last_seen = now
         self.lapse = lapse  # silent this long: presumed gone
         self.ready = False  # listed in the round robin of tasks with queued jobs
+        self.completed = 0  # requests answered, for stats()
 
 
 class _WorkerRecord:
     __slots__ = ("id", "capacity", "credit", "jobs", "revoked", "last_seen", "lapse", "completed",
-                 "last_ping")
+                 "last_ping", "joined")
 
     def __init__(self, worker_id, capacity, credit, now, lapse):
         self.id = worker_id
@@ -77,6 +78,7 @@ class _WorkerRecord:
         self.lapse = lapse  # silent this long: presumed dead
         self.completed = 0
         self.last_ping = 0  # the number of the last heartbeat believed, see _on_worker_ping
+        self.joined = now  # for its age and results per second in stats()
 
     def release(self, key) -> bool:
         """Forget that the worker holds job ``key``; whether it did (then a slot is free)."""
@@ -314,6 +316,7 @@ class Scheduler:
         if worker is not None:
             worker.completed += requests
         self.counters["completed"] += requests
+        self.tasks[task_id].completed += requests
         if not self._send_to_task(task_id, Kind.RESULT, job_id, elapsed, self.capacity,
                                   payload=body[1:]):
             self._forget_task(self.tasks[task_id])
@@ -384,21 +387,37 @@ class Scheduler:
     # -- statistics ------------------------------------------------------------------------------
 
     def stats(self) -> dict:
-        """The figures reported by ``Broker.stats()`` and ``pfmq status``."""
-        workers = {w.id.hex(): {"capacity": w.capacity, "credit": w.credit,
-                                "in_flight": len(w.jobs), "completed": w.completed}
-                   for w in self.workers.values()}
+        """The figures reported by ``Broker.stats()`` and ``pfmq status``.
+
+        The top-level figures are the broker's totals (``queued`` and ``in_flight`` count jobs,
+        ``completed`` counts requests); ``per_worker`` and ``per_task`` break them down by peer
+        id. All is computed here, when asked, from counters and timestamps: nothing per message.
+        """
+        workers = {}
+        for w in self.workers.values():
+            age = max(self.now - w.joined, 0.0)
+            workers[w.id.hex()] = {"capacity": w.capacity, "credit": w.credit,
+                                   "in_flight": len(w.jobs), "completed": w.completed,
+                                   "age": round(age, 3),  # seconds since it joined
+                                   "per_second": round(w.completed / age, 3) if age else 0.0}
+        tasks = {}
+        for t in self.tasks.values():
+            held = sum(job.worker is not None for job in t.pending.values())
+            tasks[t.id.hex()] = {"queued": len(t.pending) - held, "in_flight": held,
+                                 "completed": t.completed}
         return {
             "incarnation": self.incarnation,
             "workers": len(self.workers),
             "tasks": len(self.tasks),
             "capacity": self.capacity,
-            "queued": sum(len(t.queue) for t in self.tasks.values()),
+            # Pending jobs not held by a worker (a queue may still list a job answered meanwhile).
+            "queued": sum(task["queued"] for task in tasks.values()),
             "in_flight": sum(len(w.jobs) for w in self.workers.values()),
             **{name: self.counters[name] for name in (
                 "completed", "requeued", "failed", "cancelled", "workers_lost",
                 "duplicates_dropped", "dropped", "bad_signatures")},
             "per_worker": workers,
+            "per_task": tasks,
             # Worker processes started in place of dead ones, by the supervisors reporting now.
             "restarts": sum(r.figures["restarts"] for r in self.supervisors.values()),
             "supervisors": {p.hex(): dict(r.figures) for p, r in self.supervisors.items()},
