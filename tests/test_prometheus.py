@@ -152,3 +152,19 @@ def test_serve_metrics_refuses_bad_arguments(monkeypatch):
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     with pytest.raises(ImportError, match=re.escape(INSTALL_HINT)):
         serve_metrics("tcp://127.0.0.1:5556", port=0)
+
+
+def test_a_metrics_port_in_use_is_a_one_line_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot serve metrics on 127.0.0.1:{port}: "):
+            serve_metrics("tcp://127.0.0.1:5556", port=port)
+        command, env = pfmq_cli("broker", "--frontend", "tcp://127.0.0.1:*", "--backend",
+                                "tcp://127.0.0.1:*", "--metrics-port", str(port))
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    (line,) = [line for line in done.stderr.splitlines() if "error" in line]
+    assert line.startswith(f"pfmq broker: error: cannot serve metrics on 127.0.0.1:{port}: ")
+    assert "Traceback" not in done.stderr

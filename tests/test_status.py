@@ -238,3 +238,36 @@ def test_an_interval_that_is_not_a_number_is_a_one_line_error(capsys):
     assert exit_.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert "--interval: invalid float value: 'often'" in line
+
+
+def test_watch_shows_a_broker_that_does_not_answer_and_asks_again(capsys):
+    answers = iter([TimeoutError("no answer from the broker at tcp://here:1 in 0.5 s"), SNAPSHOT,
+                    TimeoutError("no answer again")])
+
+    def query():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def sleep(seconds):
+        if len(calls) == 2:
+            raise _Done
+        calls.append(seconds)
+
+    calls = []
+    out = io.StringIO()  # not a terminal: each frame after the last
+    with pytest.raises(_Done):
+        watch(query, "tcp://here:1", 0.5, out=out, sleep=sleep)
+    frames = out.getvalue().split("\n\n")
+    assert "  no answer: no answer from the broker at tcp://here:1 in 0.5 s" in frames[0]
+    assert "per worker:" in frames[1] and "no answer again" in frames[2]
+    assert HOME not in out.getvalue()
+
+    answers = iter([TimeoutError("no answer from the broker"), SNAPSHOT, SNAPSHOT])
+    calls = []
+    out = io.StringIO()
+    with pytest.raises(_Done):
+        watch(query, "tcp://here:1", 0.5, as_json=True, out=out, sleep=sleep)
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [SNAPSHOT, SNAPSHOT]
+    assert capsys.readouterr().err == "pfmq status: no answer from the broker\n"
