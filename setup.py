@@ -17,9 +17,10 @@ MSGPACK = ["msgpack>=1.0"]
 IPYPARALLEL = ["ipyparallel>=8"]
 # Pinned: a looser requirement lets pip take a CUDA build of several GB where a CPU one will do.
 TORCH = ["torch==2.13.0"]
+PROMETHEUS = ["prometheus_client>=0.12"]
 # The guide's pictures run the demo's image graph, and the performance chart is matplotlib's.
 DOCS = ["sphinx>=7", "matplotlib>=3.6"] + DEMO
-TEST = ["pytest>=7", "pytest-timeout>=2"] + MSGPACK + IPYPARALLEL + DOCS
+TEST = ["pytest>=7", "pytest-timeout>=2"] + MSGPACK + IPYPARALLEL + PROMETHEUS + DOCS
 
 setup(
     name="pythonflow",
@@ -37,6 +38,7 @@ setup(
         "msgpack": MSGPACK,
         "ipyparallel": IPYPARALLEL,
         "torch": TORCH,
+        "prometheus": PROMETHEUS,
         "docs": DOCS,
         "test": TEST,
     },

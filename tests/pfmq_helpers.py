@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 from worker_process import make_worker
@@ -178,3 +178,11 @@ def worker_processes(address: str, count: int = 1, target: str = "double", prefe
     finally:
         for process in processes:
             end_process(process)
+
+
+def pfmq_cli(*args: str) -> Tuple[List[str], dict]:
+    """The command and the environment that run ``pfmq ARGS`` with the pythonflow under test
+    (and no ``PFMQ_KEY``), for ``subprocess``."""
+    env = {name: value for name, value in os.environ.items() if name != "PFMQ_KEY"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, env.get("PYTHONPATH")]))
+    return [sys.executable, "-m", "pythonflow.pfmq", *args], env

@@ -22,6 +22,7 @@ The library is the modules of this package, one concern each::
     security.py, zap.py             keys, CurveZMQ, and the handler that lets clients in
     errors.py                       every exception, importing nothing of the package
     cluster.py, launch.py, cli.py   local clusters, worker processes, the pfmq command
+    status.py                       pfmq status and its --watch view
     supervisor.py                   replacing dead worker processes (CrashLoopError)
     torch.py                        the address of integrations.torch.IterableDataset
 

@@ -7,6 +7,7 @@ one-line message on stderr and a non-zero exit status.
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -151,22 +152,33 @@ def run_broker(args) -> int:
     key = _read_key(args)
     curve = _curve_server(args)
     check_exposure([args.frontend, args.backend], key, curve, args.insecure)
+    if args.metrics_port is not None:  # a bad port or a missing extra, before anything starts
+        from .integrations import prometheus
+        try:
+            prometheus.check_metrics_port(args.metrics_port)
+        except (ImportError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+    broker = metrics = None
     try:
         broker = Broker(args.backend, args.frontend, heartbeat_interval=args.heartbeat_interval,
                         key=key, curve=curve)
         broker.run_async()
+        if args.metrics_port is not None:
+            metrics = prometheus.serve_metrics(broker, args.metrics_port, args.metrics_addr)
+        _stop_on_signals()
+        while broker.is_alive:  # the signal handler interrupts the sleep
+            time.sleep(1.0)
     except OSError as exc:
         raise UsageError(exc.strerror or str(exc)) from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    _stop_on_signals()
-    try:
-        while broker.is_alive:  # the signal handler interrupts the sleep
-            time.sleep(1.0)
     except _Stopped as stop:
         LOGGER.info("stopping the broker (%s)", stop)
     finally:
-        broker.cancel(timeout=5.0)
+        if metrics is not None:
+            metrics.stop()
+        if broker is not None:
+            broker.cancel(timeout=5.0)
     return 0
 
 
@@ -206,34 +218,34 @@ def run_worker(args) -> int:
     return 0 if all(p.exitcode == 0 for p in pool.processes) else 1
 
 
-def format_status(stats: dict, address: str) -> str:
-    """Human-readable broker statistics, as printed by ``pfmq status``."""
-    lines = [f"broker at {address}"]
-    for label, name in [("workers", "workers"), ("capacity", "capacity"), ("tasks", "tasks"),
-                        ("queued", "queued"), ("in flight", "in_flight"),
-                        ("completed", "completed"), ("requeued", "requeued"),
-                        ("failed", "failed"), ("cancelled", "cancelled"),
-                        ("workers lost", "workers_lost"), ("restarts", "restarts")]:
-        if name in stats:
-            lines.append(f"  {label:<13}{stats[name]}")
-    per_worker = stats.get("per_worker") or {}
-    if per_worker:
-        lines.append("  per worker:")
-    for worker_id, figures in sorted(per_worker.items()):
-        lines.append(f"    {worker_id[:8]}  completed {figures.get('completed', 0)}  "
-                     f"in flight {figures.get('in_flight', 0)}  "
-                     f"capacity {figures.get('capacity', 0)}")
-    return "\n".join(lines)
-
-
 def run_status(args) -> int:
-    """``pfmq status``: print a broker's statistics."""
+    """``pfmq status``: print a broker's statistics, once or with ``--watch`` until a signal."""
+    from .status import format_status, watch
     from .task import query_status
 
+    if args.interval is not None and not args.watch:
+        raise UsageError("--interval applies only with --watch")
+    interval = 1.0 if args.interval is None else args.interval
+    if not 0 < interval < float("inf"):
+        raise UsageError(f"--interval must be a positive number of seconds, not {interval:g}")
     _check_connect_address(args.frontend)
+    key, curve = _read_key(args), _curve_client(args)
+
+    def query():
+        return query_status(args.frontend, key=key, timeout=args.timeout, curve=curve)
+
+    if args.watch:
+        _stop_on_signals()
+        try:
+            watch(query, args.frontend, interval, as_json=args.json)
+        except _Stopped:  # Ctrl-C or SIGTERM: how watching ends
+            pass
+        except BrokenPipeError:  # the reader left, as in `pfmq status --watch --json | head -1`
+            # Flushing stdout at exit would fail again: point it at nothing.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     try:
-        stats = query_status(args.frontend, key=_read_key(args), timeout=args.timeout,
-                             curve=_curve_client(args))
+        stats = query()
     except TimeoutError as exc:
         raise UsageError(f"{exc} (is a broker running there? is PFMQ_KEY the same?)") from None
     print(json.dumps(stats, indent=2) if args.json else format_status(stats, args.frontend))
@@ -327,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--curve-clients", metavar="DIR",
                         help="directory of the public certificates of the workers and tasks "
                         "allowed in (default with --curve-cert: any client)")
+    broker.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve the figures for Prometheus at http://ADDR:PORT/metrics "
+                        "(needs the prometheus extra; 0: a free port, logged)")
+    broker.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
+                        help="the interface of --metrics-port (default: %(default)s)")
 
     for sub in (broker, worker):
         sub.add_argument("--heartbeat-interval", type=float, default=1.0, metavar="SECONDS",
@@ -341,7 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the broker's frontend address (default: %(default)s)")
     status.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                         help="seconds to wait for an answer (default: %(default)s)")
-    status.add_argument("--json", action="store_true", help="print the figures as JSON")
+    status.add_argument("--json", action="store_true", help="print the figures as JSON (with "
+                        "--watch: one line per refresh)")
+    status.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C or "
+                        "SIGTERM, with results per second over the last refresh")
+    status.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                        help="seconds between refreshes of --watch (default: 1)")
 
     for sub in (broker, worker, status):
         sub.add_argument("--key-file", metavar="PATH",

@@ -57,7 +57,7 @@ class JobRecord:
 class TaskRecord:
     """A task's queue of jobs, the jobs it still waits for, and when it last spoke."""
 
-    __slots__ = ("id", "queue", "pending", "last_seen", "lapse")
+    __slots__ = ("id", "queue", "pending", "last_seen", "lapse", "completed")
 
     def __init__(self, task_id: bytes, now: float, lapse: float):
         self.id = task_id
@@ -65,13 +65,14 @@ class TaskRecord:
         self.pending: Dict[int, JobRecord] = {}  # job id -> job QUEUED or HELD
         self.last_seen = now
         self.lapse = lapse  # silent this long: presumed gone
+        self.completed = 0  # requests answered, for stats()
 
 
 class WorkerRecord:
     """A worker's slots and free credit, the jobs it holds, and when it last spoke."""
 
     __slots__ = ("id", "capacity", "credit", "jobs", "revoked", "last_seen", "lapse", "completed",
-                 "last_ping", "alone_with")
+                 "last_ping", "alone_with", "joined")
 
     def __init__(self, worker_id: bytes, capacity: int, credit: int, now: float, lapse: float):
         self.id = worker_id
@@ -86,6 +87,7 @@ class WorkerRecord:
         self.completed = 0
         self.last_ping = 0  # the number of the last heartbeat believed, see _on_worker_ping
         self.alone_with: Optional[JobKey] = None  # the isolated job last sent to it
+        self.joined = now  # for its age and results per second in stats()
 
     @property
     def idle(self) -> bool:

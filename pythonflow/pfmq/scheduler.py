@@ -294,6 +294,7 @@ class Scheduler:
         if worker is not None:
             worker.completed += requests
         self.counters["completed"] += requests
+        self.tasks[task_id].completed += requests
         if not self._send_to_task(task_id, Kind.RESULT, job_id, elapsed, self.capacity,
                                   payload=body[1:]):
             self._forget_task(self.tasks[task_id])
@@ -411,23 +412,36 @@ class Scheduler:
     # -- statistics ------------------------------------------------------------------------------
 
     def stats(self) -> dict:
-        """The figures reported by ``Broker.stats()`` and ``pfmq status``."""
-        workers = {w.id.hex(): {"capacity": w.capacity, "credit": w.credit,
-                                "in_flight": len(w.jobs), "completed": w.completed}
-                   for w in self.workers.values()}
-        queued = sum(job.state is JobState.QUEUED
-                     for task in self.tasks.values() for job in task.pending.values())
+        """The figures reported by ``Broker.stats()`` and ``pfmq status``.
+
+        The top-level figures are the broker's totals (``queued`` and ``in_flight`` count jobs,
+        ``completed`` counts requests); ``per_worker`` and ``per_task`` break them down by peer
+        id. All is computed here, when asked, from counters and timestamps: nothing per message.
+        """
+        workers = {}
+        for w in self.workers.values():
+            age = max(self.now - w.joined, 0.0)
+            workers[w.id.hex()] = {"capacity": w.capacity, "credit": w.credit,
+                                   "in_flight": len(w.jobs), "completed": w.completed,
+                                   "age": round(age, 3),  # seconds since it joined
+                                   "per_second": round(w.completed / age, 3) if age else 0.0}
+        tasks = {}
+        for t in self.tasks.values():
+            states = collections.Counter(job.state for job in t.pending.values())
+            tasks[t.id.hex()] = {"queued": states[JobState.QUEUED],
+                                 "in_flight": states[JobState.HELD], "completed": t.completed}
         return {
             "incarnation": self.incarnation,
             "workers": len(self.workers),
             "tasks": len(self.tasks),
             "capacity": self.capacity,
-            "queued": queued,
+            "queued": sum(task["queued"] for task in tasks.values()),
             "in_flight": sum(len(w.jobs) for w in self.workers.values()),
             **{name: self.counters[name] for name in (
                 "completed", "requeued", "failed", "cancelled", "workers_lost",
                 "duplicates_dropped", "dropped", "bad_signatures")},
             "per_worker": workers,
+            "per_task": tasks,
             # Worker processes started in place of dead ones, by the supervisors reporting now.
             "restarts": sum(r.figures["restarts"] for r in self.supervisors.values()),
             "supervisors": {p.hex(): dict(r.figures) for p, r in self.supervisors.items()},

@@ -5,4 +5,6 @@ depend on it: :mod:`pythonflow.pfmq.integrations.ipyparallel` starts pfmq worker
 engines of an ipyparallel cluster (``pip install 'pythonflow[ipyparallel]'``), and
 :mod:`pythonflow.pfmq.integrations.torch` (also ``pythonflow.pfmq.torch``) is a PyTorch
 ``IterableDataset`` over pfmq results (``pip install torch==2.13.0``).
+:mod:`pythonflow.pfmq.integrations.prometheus` serves a broker's figures to Prometheus
+(``pip install 'pythonflow[prometheus]'``).
 """
