@@ -116,10 +116,11 @@ class Outbox:
 
     def __init__(self):
         self.sent = []
+        self.gone = set()  # peers the socket can no longer route to
 
     def __call__(self, peer, kind, *fields, body=(), payload=()):
         self.sent.append((peer, kind, fields))
-        return True
+        return peer not in self.gone
 
     def kinds(self, kind):
         return [entry for entry in self.sent if entry[1] is kind]
@@ -522,3 +523,21 @@ def test_the_ipyparallel_example_binds_with_a_key():
         assert "0.0.0.0" not in arguments or "key=" in arguments, arguments
     workers = re.findall(r"start_workers\(([^)]*)\)", pfmq_ipyparallel.__doc__)
     assert workers and all("key=key" in arguments for arguments in workers)
+
+
+# -- A worker found gone by a failed send ------------------------------------------------------
+
+
+def test_a_worker_found_gone_by_a_failed_send_counts_as_dead():
+    """The router cannot reach a worker that holds one job: it died running it."""
+    scheduler, to_tasks, to_workers = make_scheduler(max_attempts=1)
+    ready(scheduler, slots=2)
+    submit(scheduler, 1)
+    scheduler.dispatch()  # WORKER holds job 1 alone
+    to_workers.gone.add(WORKER)  # the broker's router now finds WORKER gone
+    submit(scheduler, 2)
+    scheduler.dispatch()
+    stats = scheduler.stats()
+    assert stats["workers"] == 0 and stats["workers_lost"] == 1
+    failed = to_tasks.kinds(Kind.FAILED)
+    assert [fields[0] for _, _, fields in failed] == [1], "job 1 was charged its one attempt"

@@ -391,8 +391,13 @@ class Scheduler:
             worker.jobs[job.key] = job
             job.state, job.holder = JobState.HELD, worker.id
             return True
+        # The router no longer reaches it: its connection closed without a BYE, so it died (with
+        # what it held, if it held one job, counted as the job it was running).
+        LOGGER.warning("worker %s is gone; presumed dead, %d jobs requeued", worker.id.hex()[:8],
+                       len(worker.jobs))
+        self.counters["workers_lost"] += 1
         self._requeue([job])
-        self._remove_worker(worker, died=False)
+        self._remove_worker(worker, died=True)
         return False
 
     def expire_silent_peers(self) -> None:
