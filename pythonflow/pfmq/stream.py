@@ -34,10 +34,11 @@ import zmq
 
 from . import protocol
 from .errors import ProtocolError, SerializationError
+from .liveness import Liveness
 from .protocol import ITERATOR_FAILED, SERIALIZATION_ERROR, WORKERS_DIED, Kind
 from .reader import reader_for, source_too_short
 from .security import key_hint
-from .transport import RateLimitedLogger, Wakeup, dealer, waiting_messages
+from .transport import RateLimitedLogger, Wakeup, dealer, handle_waiting
 
 LOGGER = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class Stream:
         self.incarnation = None
         self.seconds_per_request = None
         self.bytes_per_request = 0
-        self.ping = 0
+        self.liveness = None  # the heartbeat clocks, set by run()
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -149,6 +150,36 @@ class Stream:
         ends normally, so the caller owns it.
         """
         self.started = time.perf_counter()
+        own_socket = sock is None
+        poller = self._connect(sock)
+        try:
+            while not self.cancelled:
+                self._submit_new_jobs()
+                if self._finished():
+                    break
+                now = time.monotonic()
+                ping = self.liveness.ping_due(now)
+                if ping is not None:
+                    self.sock.send_multipart(self.wire.pack(Kind.PING, ping, self.ping_interval_ms))
+                # Not Liveness.wait: with nothing in flight the silence is not judged, and an old
+                # silence would make that wait zero and the loop spin.
+                self._on_events(dict(poller.poll(max(0.0, self.liveness.next_ping - now) * 1000)))
+            self.outbox.close()
+        except BaseException as exc:
+            self.outbox.close(exc)
+            own_socket = True  # its state is unknown now: close it
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._hang_up(own_socket)
+
+    def cancel(self):
+        self.cancelled = True
+        if self.wakeup is not None:
+            self.wakeup.set()
+
+    def _connect(self, sock):
+        """Open (or adopt) the socket, start the reader and the heartbeat clocks; the poller."""
         own_socket = sock is None
         if own_socket:
             sock = dealer(self.context, self.address, protocol.new_id(), self.curve)
@@ -161,76 +192,51 @@ class Stream:
         if self.wakeup is not None:
             poller.register(self.wakeup, zmq.POLLIN)
         self.sock = sock
-        last_heard = time.monotonic()
         # A task of its own pings at once to learn how many workers there are; a one-off apply
         # on a shared connection does not need to know.
-        next_ping = last_heard + (0 if own_socket else self.ping_interval)
-        silent_timeouts = 0
-        try:
-            while not self.cancelled:
-                self._submit_new_jobs()
-                if self._finished():
-                    break
-                now = time.monotonic()
-                if now >= next_ping:
-                    self.ping += 1
-                    sock.send_multipart(self.wire.pack(Kind.PING, self.ping, self.ping_interval_ms))
-                    next_ping = now + self.ping_interval
-                events = dict(poller.poll(max(0.0, next_ping - now) * 1000))
-                if self.wakeup is not None:
-                    self.wakeup.clear_if_woken(events)
-                if sock in events:
-                    last_heard = time.monotonic()
-                    silent_timeouts = 0
-                    self._drain(sock)
-                elif self.pending and time.monotonic() - last_heard > self.timeout:
-                    silent_timeouts += 1
-                    last_heard = time.monotonic()
-                    if silent_timeouts >= self.num_retries:
-                        raise TimeoutError(f"no answer from the broker at {self.address} for "
-                                           f"{self.timeout * silent_timeouts:.0f} s"
-                                           f"{key_hint(self.wire.key)}")
-                    LOGGER.warning("no answer from the broker at %s for %.1f s; still trying",
-                                   self.address, self.timeout)
-            self.outbox.close()
-        except BaseException as exc:
-            self.outbox.close(exc)
-            own_socket = True  # its state is unknown now: close it
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            if own_socket:
-                try:  # the broker forgets this task and drops what it still has queued
-                    sock.send_multipart(self.wire.pack(Kind.CANCEL), zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
-                sock.close(linger=100)
-            self.reader.close()
-            if self.wakeup is not None:
-                self.wakeup.close()
+        self.liveness = Liveness(self.ping_interval, self.timeout, self.num_retries,
+                                 first_ping=0 if own_socket else self.ping_interval)
+        return poller
 
-    def cancel(self):
-        self.cancelled = True
+    def _on_events(self, events):
+        """Read what the poll found, or judge the broker's silence if it found nothing."""
         if self.wakeup is not None:
-            self.wakeup.set()
+            self.wakeup.clear_if_woken(events)
+        now = time.monotonic()
+        if self.sock in events:
+            self.liveness.heard(now)
+            handle_waiting(self.sock, self.wire, self._on_message, self.log,
+                           errors=(ProtocolError, IndexError))
+        elif self.pending and self.liveness.count_silence(now):
+            if self.liveness.gave_up:
+                raise TimeoutError(f"no answer from the broker at {self.address} for "
+                                   f"{self.liveness.silence:.0f} s{key_hint(self.wire.key)}")
+            LOGGER.warning("no answer from the broker at %s for %.1f s; still trying",
+                           self.address, self.timeout)
+
+    def _hang_up(self, own_socket):
+        if own_socket:
+            try:  # the broker forgets this task and drops what it still has queued
+                self.sock.send_multipart(self.wire.pack(Kind.CANCEL), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self.sock.close(linger=100)
+        self.reader.close()
+        if self.wakeup is not None:
+            self.wakeup.close()
 
     def _finished(self):
         return self.exhausted and not self.pending and not self.held
 
-    def _drain(self, sock):
-        for frames in waiting_messages(sock):
-            try:
-                kind, fields, body = self.wire.unpack(frames)
-                if kind is Kind.RESULT:
-                    self._on_result(*fields, body)
-                elif kind is Kind.PONG:
-                    self._on_pong(*fields)
-                elif kind is Kind.FAILED:
-                    self._on_failed(fields[0], bytes(body[0].buffer).decode(errors="replace"))
-                else:
-                    raise ProtocolError(f"{kind.name} is not for tasks")
-            except (ProtocolError, IndexError) as exc:
-                self.log.log(logging.WARNING, str(exc), "dropped a message: %s", exc)
+    def _on_message(self, kind, fields, body):
+        if kind is Kind.RESULT:
+            self._on_result(*fields, body)
+        elif kind is Kind.PONG:
+            self._on_pong(*fields)
+        elif kind is Kind.FAILED:
+            self._on_failed(fields[0], bytes(body[0].buffer).decode(errors="replace"))
+        else:
+            raise ProtocolError(f"{kind.name} is not for tasks")
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -288,33 +294,36 @@ class Stream:
         try:
             frames = self.serializer.encode(requests)
         except SerializationError as exc:
-            if len(requests) > 1:  # find the culprits; the others still go
-                for offset, request in enumerate(requests):
-                    self._submit(first + offset, [request])
-            else:
-                self._deliver([(first, (SERIALIZATION_ERROR, f"the request cannot be "
-                                                             f"serialised: {exc}"))])
+            self._refuse(first, requests, f"the request cannot be serialised: {exc}")
             return
         sizes = [memoryview(frame).nbytes for frame in frames]
         if self.max_message_size and max(sizes) > self.max_message_size:
             # The broker would cut the connection at every resend: refuse it here instead.
-            if len(requests) > 1:
-                for offset, request in enumerate(requests):
-                    self._submit(first + offset, [request])
-            else:
-                self._deliver([(first, (SERIALIZATION_ERROR, (
-                    f"the request needs a frame of {max(sizes)} bytes; the broker accepts at "
-                    f"most {self.max_message_size} (max_message_size)")))])
+            self._refuse(first, requests, (
+                f"the request needs a frame of {max(sizes)} bytes; the broker accepts at "
+                f"most {self.max_message_size} (max_message_size)"))
             return
         self.bytes_per_request = sum(sizes) / len(requests)
         job_id = next(self.job_ids)
         sealed = self.wire.seal(frames, job_id, protocol.REQUESTS)
-        job = self.pending[job_id] = _Job(first, len(requests), sealed, self.ping)
+        job = self.pending[job_id] = _Job(first, len(requests), sealed, self.liveness.pings)
         self.in_flight += job.count
         self._send_job(job_id, job)
 
+    def _refuse(self, first, requests, reason):
+        """A job that cannot go: deliver ``reason`` for a single request, split a batch."""
+        if len(requests) > 1:  # find the culprits; the others still go
+            self._submit_each(first, requests)
+        else:
+            self._deliver([(first, (SERIALIZATION_ERROR, reason))])
+
+    def _submit_each(self, first, requests):
+        """Submit every request as a job of its own, so that one bad request fails alone."""
+        for offset, request in enumerate(requests):
+            self._submit(first + offset, [request])
+
     def _send_job(self, job_id, job):
-        job.epoch = self.ping
+        job.epoch = self.liveness.pings
         seed = 0 if self.seed is None else self.seed
         self.sock.send_multipart(
             self.wire.pack(Kind.SUBMIT, job_id, job.first, job.count, self.seed is not None, seed,
@@ -350,9 +359,7 @@ class Stream:
             return
         # One request of the batch may be the culprit: try each on its own.
         payload = self.wire.open(job.frames, job_id, protocol.REQUESTS)
-        requests = self.serializer.decode(payload)
-        for offset, request in enumerate(requests):
-            self._submit(job.first + offset, [request])
+        self._submit_each(job.first, self.serializer.decode(payload))
 
     def _on_pong(self, incarnation, ping, capacity, held_by_broker, registered, max_frame):
         self.capacity = capacity
