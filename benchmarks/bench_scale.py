@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 
-from pythonflow.pfmq.bench.scale import main  # noqa: E402
+from pythonflow.pfmq.bench.scale_report import main  # noqa: E402
 
 if __name__ == "__main__":  # the fork server may import this file too, as __mp_main__
     sys.exit(main())

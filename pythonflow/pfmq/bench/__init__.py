@@ -15,7 +15,8 @@ Not part of the library: nothing in :mod:`pythonflow.pfmq` imports it. ``pfmq be
 
 The broker-scale benchmark (``python benchmarks/bench_scale.py``) is
 :mod:`~pythonflow.pfmq.bench.scale`: one broker with up to a thousand workers, simulated many to
-a process by :mod:`~pythonflow.pfmq.bench.simulate`.
+a process by :mod:`~pythonflow.pfmq.bench.simulate`; its report and command line are in
+:mod:`~pythonflow.pfmq.bench.scale_report`.
 """
 from .results import Row, format_table
 from .suite import WORKLOADS, main, run

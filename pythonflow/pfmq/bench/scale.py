@@ -2,34 +2,35 @@
 
 The broker runs in a process of its own, with both ends on loopback TCP; its workers are
 :class:`~pythonflow.pfmq.bench.simulate.SimulatedWorkers`, many to a process (four processes),
-each with the default heartbeat interval of a real worker; tasks are real
-:class:`~pythonflow.pfmq.Task` objects in this process. For every number of workers, a fresh
-broker measures
+each with a work and a heartbeat connection and the default heartbeat interval of a real worker;
+tasks are real :class:`~pythonflow.pfmq.Task` objects in this process. For every number of
+workers, a fresh broker measures
 
 * requests per second of one task, batched (``max_batch=256``, the default) and one request per
-  job (``max_batch=1``), the broker's CPU time per request in each mode;
+  job (``max_batch=1``), and the CPU time per request of the broker, of the workers and of the
+  task in each mode (from ``/proc``: every thread, ZeroMQ's I/O threads included);
 * the share of a core the broker takes while idle, over a few seconds with nothing to do but
-  answer heartbeats.
+  answer heartbeats, and so its CPU time per heartbeat;
+* its memory per idle worker: its resident memory grown by the workers' joining, per worker;
+* how many workers it presumed dead meanwhile (heartbeats read too late).
 
-Each round also measures the raw C-proxy pipeline (``zmq.proxy`` between a ROUTER and a DEALER,
-REP workers as many as the reference number of pfmq workers, a window of requests in flight: one
-request per message is all it can do), 100 concurrent tasks against one task on the reference
-workers (the same requests in total), and the broker's memory per idle worker and per idle task
-(its RSS grown by a thousand of each, divided by the count). Rounds alternate the order of the
-worker counts; the figures printed are medians over the rounds, the ratios those of the medians.
+Each round also measures the raw C-proxy pipeline (``zmq.proxy`` between a ROUTER and a DEALER in
+a process of its own, as many REP workers as the reference number of pfmq workers, a window of
+:data:`RAW_WINDOW` requests in flight, one request per message), 100 concurrent tasks against one
+task on the reference workers (the same requests in total, their results read one task after the
+other), and the broker's memory per idle task (a thousand tasks that only ping, no worker).
+Rounds alternate the order of the worker counts; the figures printed are medians over the rounds,
+the ratios those of the medians.
 
 Run ``python benchmarks/bench_scale.py`` (``--quick`` for a smoke run; ``--help``).
 """
-import argparse
 import contextlib
-import json
 import logging
 import multiprocessing
 import os
 import pickle
 import platform
 import statistics
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -39,7 +40,6 @@ import zmq
 from ..common import waiting_messages
 from ..task import Task, query_status
 from .harness import STARTUP_TIMEOUT, Processes, Tally, best_rate, wait_until
-from .results import number
 from .simulate import (
     raw_rep_workers,
     serve_broker,
@@ -91,6 +91,24 @@ def started(processes: Processes, what: str, body: Callable, *args):
         receiver.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds process ``pid`` has used, all its threads together.
+
+    Linux counts them in nanoseconds per thread (``/proc/PID/task/*/schedstat``); the process
+    times elsewhere come in clock ticks of 10 ms, too coarse for an idle broker.
+    """
+    tasks = f"/proc/{pid}/task"
+    try:
+        total = 0
+        for thread in os.listdir(tasks):
+            with open(f"{tasks}/{thread}/schedstat", encoding="ascii") as stream:
+                total += int(stream.read().split()[0])
+        return total / 1e9
+    except OSError:  # not Linux, or a thread ended between the listing and the reading
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system
+
+
 class BrokerProcess:
     """A broker in a process of its own, started among ``processes``; its addresses and figures.
 
@@ -107,21 +125,13 @@ class BrokerProcess:
         self.process = psutil.Process(processes.processes[-1].pid)
 
     def cpu(self) -> float:
-        """CPU seconds the broker process has used, all its threads together.
+        """CPU seconds the broker process has used, all its threads together."""
+        return cpu_seconds(self.process.pid)
 
-        Linux counts them in nanoseconds per thread (``/proc/PID/task/*/schedstat``); the
-        process times elsewhere come in clock ticks of 10 ms, too coarse for an idle broker.
-        """
-        tasks = f"/proc/{self.process.pid}/task"
-        try:
-            total = 0
-            for thread in os.listdir(tasks):
-                with open(f"{tasks}/{thread}/schedstat", encoding="ascii") as stream:
-                    total += int(stream.read().split()[0])
-            return total / 1e9
-        except OSError:  # not Linux, or a thread ended between the listing and the reading
-            times = self.process.cpu_times()
-            return times.user + times.system
+    def peers_cpu(self) -> float:
+        """CPU seconds the other processes started beside the broker (its peers) have used."""
+        return sum(cpu_seconds(process.pid) for process in self.processes.processes
+                   if process.pid != self.process.pid)
 
     def rss(self) -> int:
         """The broker process's resident memory, in bytes."""
@@ -171,14 +181,17 @@ def task_rate(frontend: str, count: int, max_batch: int, tasks: int = 1,
 
 
 def measure_load(broker: BrokerProcess, sizes: dict) -> Dict[str, float]:
-    """Requests/s and broker CPU per request (µs) of one task in each mode."""
+    """Requests/s of one task in each mode, and the CPU time per request (µs) of the broker, of
+    the simulated workers and of this process (the task and its consumer)."""
     figures = {}
     for mode, max_batch in MODES.items():
         count = sizes[mode]
         task_rate(broker.frontend, max(20, count // 50), max_batch)  # warm-up
-        cpu = broker.cpu()
+        before = broker.cpu(), broker.peers_cpu(), cpu_seconds(os.getpid())
         figures[mode] = task_rate(broker.frontend, count, max_batch)
-        figures[f"{mode} cpu_us"] = (broker.cpu() - cpu) / count * 1e6
+        after = broker.cpu(), broker.peers_cpu(), cpu_seconds(os.getpid())
+        for party, start, end in zip(("cpu_us", "workers cpu_us", "task cpu_us"), before, after):
+            figures[f"{mode} {party}"] = (end - start) / count * 1e6
     return figures
 
 
@@ -213,7 +226,10 @@ def workers_round(mp_context, workers: int, sizes: dict, reference: int) -> Dict
     """A fresh broker with ``workers`` simulated workers: every figure measured with them."""
     with broker_with(mp_context, simulate_workers, "workers", workers) as (broker, memory):
         time.sleep(HEARTBEAT_INTERVAL)  # the sign-up burst is over; heartbeats are spread
-        figures = {"memory per worker": memory, "idle": broker.idle_share(sizes["idle"])}
+        idle = broker.idle_share(sizes["idle"])
+        # Idle, the broker answers each worker's heartbeat (one per interval) and nothing else.
+        figures = {"memory per worker": memory, "idle": idle,
+                   "ping cpu_us": idle * HEARTBEAT_INTERVAL / workers * 1e6}
         figures.update(measure_load(broker, sizes))
         if workers == reference:
             figures.update(measure_tasks(broker, sizes))
@@ -339,77 +355,3 @@ def ratios(medians: dict, reference: int, largest: int, tasks: int) -> List[dict
     return [{"measure": name, "value": value, "target": target, "met": bool(test(value))}
             for name, value, target, test in rows]
 
-
-def format_report(results: dict) -> str:
-    """The results as plain text: a table by number of workers, the other figures, the ratios."""
-    settings, medians = results["settings"], results["medians"]
-    counts, reference, tasks = settings["workers"], settings["reference"], settings["tasks"]
-    lines = [["connected workers", *map(str, counts)]]
-    for label, name, scale in (
-            ("requests/s, batched", "batched", 1),
-            ("requests/s, one request per job", "single", 1),
-            ("broker CPU per request, batched, us", "batched cpu_us", 1),
-            ("broker CPU per request, one per job, us", "single cpu_us", 1),
-            ("broker CPU idle, % of a core", "idle", 100),
-            ("broker memory per idle worker, KiB", "memory per worker", 1 / 1024),
-            ("workers presumed dead meanwhile", "workers lost", 1)):
-        lines.append([label, *(number(scale * medians[f"{name} workers={count}"])
-                               for count in counts)])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    text = ["  ".join([line[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in
-                                                     zip(line[1:], widths[1:])]) for line in lines]
-    text.insert(1, "-" * len(text[0]))
-    at_reference = {name: medians[f"{name} workers={reference}"] for name in (
-        *(f"{mode} tasks={count}" for mode in MODES for count in (1, tasks)),)}
-    text += ["", f"raw C-proxy pipeline (zmq.proxy, {reference} REP workers, window "
-                 f"{RAW_WINDOW}), one request per message: {number(medians['raw'])} requests/s",
-             f"broker memory per idle task: {medians['memory per task'] / 1024:.1f} KiB "
-             f"({settings['sizes']['idle_peers']} tasks pinging, no worker)"]
-    for mode in MODES:
-        text.append(f"{tasks} tasks vs 1 on {reference} workers, {MODE_NAMES[mode]}: "
-                    f"{number(at_reference[f'{mode} tasks={tasks}'])} vs "
-                    f"{number(at_reference[f'{mode} tasks=1'])} requests/s")
-    text += ["", "ratio (of medians)".ljust(52) + "value".rjust(8) + "  target"]
-    for row in results["ratios"]:
-        verdict = "met" if row["met"] else "MISSED"
-        text.append(f"{row['measure']:<52}{number(row['value']):>8}  {row['target']} {verdict}")
-    return "\n".join(text)
-
-
-def _counts(text: str) -> List[int]:
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive worker counts such as 1,10,100, "
-                                         f"not {text!r}")
-    return counts
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the scale benchmark from the command line; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="bench_scale.py", description="Measure the pfmq broker with many workers and tasks.")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--workers", type=_counts, help="comma-separated numbers of connected "
-                        "workers (default: 1,10,100,500,1000; quick: 1,2,8)")
-    parser.add_argument("--rounds", type=int, help="times everything is measured (default 3; "
-                        "quick: 1); medians are printed")
-    parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")
-    args = parser.parse_args(argv)
-    if args.rounds is not None and args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, not {args.rounds}")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    counts = args.workers or SIZES["quick" if args.quick else "full"]["workers"]
-    results = run(counts, args.quick, args.rounds,
-                  lambda line: print(line, file=sys.stderr, flush=True))
-    settings = results["settings"]
-    print(f"pfmq broker scale ({settings['mode']}): {settings['cpus']} CPUs, Python "
-          f"{settings['python']}, pyzmq {settings['pyzmq']}, libzmq {settings['libzmq']}; "
-          f"medians of {settings['rounds']} rounds")
-    print(format_report(results))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as stream:
-            json.dump(results, stream, indent=2)
-    return 0
