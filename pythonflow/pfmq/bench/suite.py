@@ -193,23 +193,35 @@ def w3_scaling(mp_context, sizes: dict, options: dict) -> List[Row]:
     return rows
 
 
+def _pfmq_round_trips(mp_context, count, request):
+    with _pfmq_cluster(mp_context, "function", 1) as (broker, _):
+        return percentiles(lambda: check_half(broker.apply(request)), count)
+
+
 def w4_latency(mp_context, sizes: dict, options: dict) -> List[Row]:
     """W4: p50 and p99 latency of sequential ``broker.apply`` calls with one worker; against
-    Pythonflow 0.3.0 too when ``options['pythonflow_030']`` names its directory."""
+    Pythonflow 0.3.0 too when ``options['pythonflow_030']`` names its directory.
+
+    The systems take turns in reverse order every other round (``options['round']``), so that
+    a drift of a shared machine during a round does not favour whichever runs first.
+    """
     count = sizes["W4"]
     request = {"fetches": "z", "context": {"x": 1, "y": 2}}
-    with _pfmq_cluster(mp_context, "function", 1) as (broker, _):
-        pfmq = percentiles(lambda: check_half(broker.apply(request)), count)
-    others = [("raw pyzmq ROUTER/DEALER proxy", raw_round_trips(mp_context, count, request)),
-              ("Pool.apply", pool_round_trips(mp_context, WORKERS, count))]
+    systems = [("pfmq", lambda: _pfmq_round_trips(mp_context, count, request)),
+               ("raw pyzmq ROUTER/DEALER proxy",
+                lambda: raw_round_trips(mp_context, count, request)),
+               ("Pool.apply", lambda: pool_round_trips(mp_context, WORKERS, count))]
     if options.get("pythonflow_030"):
-        others.append((f"Pythonflow {pf030.VERSION} apply",
-                       pf030.round_trips(options["pythonflow_030"], count)))
+        systems.append((f"Pythonflow {pf030.VERSION} apply",
+                        lambda: pf030.round_trips(options["pythonflow_030"], count)))
+    baselines = [name for name, _ in systems[1:]]  # the order of the table: raw first
+    turns = systems[::-1] if options.get("round", 0) % 2 else systems
+    figures = {name: measure() for name, measure in turns}
     rows = []
     for index, name in enumerate(("p50", "p99")):
         target = ("<= 1.5x", lambda row: row.ratio <= 1.5) if name == "p50" else None
-        rows += compare("W4", f"{name} latency, ms", pfmq[index],
-                        [(baseline, figures[index]) for baseline, figures in others], target)
+        rows += compare("W4", f"{name} latency, ms", figures["pfmq"][index],
+                        [(baseline, figures[baseline][index]) for baseline in baselines], target)
     return rows
 
 
@@ -279,7 +291,7 @@ def run(workloads: Sequence[str] = WORKLOADS, quick: bool = False,
         rows = []
         for name in workloads:
             started = time.perf_counter()
-            rows += RUNNERS[name](mp_context, sizes, options)
+            rows += RUNNERS[name](mp_context, sizes, {**options, "round": index})
             progress(f"{name} done in {time.perf_counter() - started:.1f} s"
                      + (f" (round {index + 1} of {rounds})" if rounds > 1 else ""))
         every_round.append(rows)
