@@ -21,10 +21,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 WORKLOAD_NAMES = {"W1": "W1 tiny requests", "W2": "W2 8 MiB arrays", "W3": "W3 scaling, 10 ms",
                   "W4": "W4 apply latency"}
 COLOURS = {"pfmq": "#1f5fa8", "pfmq (function)": "#7fb0e0", "raw pyzmq": "#8c8c8c",
-           "Pool": "#e08a1e", "Pool (tuned chunks)": "#f3c27a"}
+           "Pool": "#e08a1e", "Pool (tuned chunks)": "#f3c27a", "Pythonflow 0.3.0": "#6b3fa0"}
 LEGEND = {"pfmq": "pfmq (pythonflow graph in W1)", "pfmq (function)": "pfmq, plain function",
           "raw pyzmq": "raw pyzmq = 1.0", "Pool": "multiprocessing.Pool",
-          "Pool (tuned chunks)": "Pool, tuned chunk size"}
+          "Pool (tuned chunks)": "Pool, tuned chunk size", "Pythonflow 0.3.0": "Pythonflow 0.3.0"}
 TARGET_COLOUR = "#c81e1e"
 MET_COLOUR = "#1e7828"
 TITLE = "pfmq, raw pyzmq and multiprocessing.Pool, relative to raw pyzmq"
@@ -35,6 +35,8 @@ Bar = Tuple[str, float]  # series, value relative to raw pyzmq
 def _series(baseline: str) -> str:
     if baseline.startswith("raw"):
         return "raw pyzmq"
+    if baseline.startswith("Pythonflow"):  # W4's "Pythonflow 0.3.0 apply"
+        return "Pythonflow 0.3.0"
     chunks = re.search(r"chunksize=(\d+)", baseline)
     return "Pool (tuned chunks)" if chunks and int(chunks.group(1)) > 1 else "Pool"
 

@@ -8,8 +8,17 @@ Not part of the library: nothing in :mod:`pythonflow.pfmq` imports it. ``pfmq be
 * :mod:`~pythonflow.pfmq.bench.baselines`: the same work written directly with pyzmq and with
   ``multiprocessing.Pool``;
 * :mod:`~pythonflow.pfmq.bench.work`: what the workers compute;
-* :mod:`~pythonflow.pfmq.bench.harness`: how every system is timed and checked.
+* :mod:`~pythonflow.pfmq.bench.harness`: how every system is timed and checked;
+* :mod:`~pythonflow.pfmq.bench.results`: the rows of the table, and their medians over rounds;
+* :mod:`~pythonflow.pfmq.bench.pf030`: Pythonflow 0.3.0 as a baseline of W4, in processes of its
+  own (:mod:`~pythonflow.pfmq.bench.pf030_peer`).
+
+The broker-scale benchmark (``python benchmarks/bench_scale.py``) is
+:mod:`~pythonflow.pfmq.bench.scale`: one broker with up to a thousand workers, simulated many to
+a process by :mod:`~pythonflow.pfmq.bench.simulate`; its report and command line are in
+:mod:`~pythonflow.pfmq.bench.scale_report`.
 """
-from .suite import WORKLOADS, Row, format_table, main, run
+from .results import Row, format_table
+from .suite import WORKLOADS, main, run
 
 __all__ = ["WORKLOADS", "Row", "format_table", "main", "run"]

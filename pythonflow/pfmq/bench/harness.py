@@ -4,12 +4,24 @@ It starts and ends worker processes, checks the number and the sum of the result
 and times the runs; what the workers compute is in :mod:`pythonflow.pfmq.bench.work`.
 """
 import math
+import subprocess
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 
 STARTUP_TIMEOUT = 30.0
+
+
+def end(process: subprocess.Popen) -> None:
+    """End a subprocess by its PID: terminate it, and kill it if it lasts five seconds more."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
 
 
 class Processes:
@@ -49,14 +61,16 @@ class Processes:
         self.processes.clear()
 
 
-def wait_until(predicate: Callable[[], bool], processes: Processes, what: str) -> None:
-    """Poll ``predicate`` until it holds; raise if ``processes`` die or it takes too long."""
+def wait_until(predicate: Callable[[], bool], processes: Processes, what: str,
+               every: float = 0.01) -> None:
+    """Poll ``predicate`` every ``every`` seconds until it holds; raise if ``processes`` die or
+    it takes longer than :data:`STARTUP_TIMEOUT`."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while not predicate():
         processes.check()
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not ready within {STARTUP_TIMEOUT} s")
-        time.sleep(0.01)
+        time.sleep(every)
 
 
 class Tally:

@@ -22,10 +22,10 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import multiprocessing
 import os
 import platform
+import subprocess
 import sys
 import time
 from typing import Callable, List, Optional, Sequence
@@ -35,8 +35,10 @@ import zmq
 
 from ..broker import Broker
 from ..worker import Worker
+from . import pf030
 from .baselines import pool_rates, pool_round_trips, raw_pipeline_rate, raw_round_trips
 from .harness import Processes, Tally, best_rate, percentiles, wait_until
+from .results import Row, compare, format_table, medians
 from .work import SLEEP, add_one, check_half, divide, divide_request, nap
 
 LOGGER = logging.getLogger(__name__)
@@ -115,79 +117,15 @@ def _pfmq_rate(mp_context, kind, workers, items, expected, repeats):
                          f"pfmq ({kind})", repeats)
 
 
-# -- results --------------------------------------------------------------------------------------
-
-class Row:
-    """One line of the results table: a pfmq figure, a figure to compare it with, a target.
-
-    Parameters
-    ----------
-    workload, measure : str
-        E.g. ``"W1"`` and ``"results/s"``.
-    pfmq, other : float
-        The figures of pfmq and of ``baseline``.
-    baseline : str
-        What pfmq is compared with.
-    target : str
-        The goal, e.g. ``">= 1.0x"``; empty if none.
-    met : bool, optional
-        Whether pfmq meets ``target``.
-    """
-
-    def __init__(self, workload: str, measure: str, pfmq: float, baseline: str, other: float,
-                 target: str = "", met: Optional[bool] = None):
-        self.workload, self.measure, self.baseline = workload, measure, baseline
-        self.pfmq, self.other, self.target, self.met = pfmq, other, target, met
-
-    @property
-    def ratio(self) -> float:
-        """``pfmq / other``."""
-        return self.pfmq / self.other if self.other else math.inf
-
-    def as_dict(self) -> dict:
-        """The row as plain data for JSON."""
-        return {"workload": self.workload, "measure": self.measure, "pfmq": self.pfmq,
-                "baseline": self.baseline, "other": self.other, "ratio": self.ratio,
-                "target": self.target, "met": self.met}
-
-
-def _number(value: float) -> str:
-    if value >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    """Return the results as a plain-text table."""
-    lines = [("workload", "measure", "pfmq", "compared with", "other", "pfmq/other", "target")]
-    for row in rows:
-        verdict = "" if row.met is None else (" met" if row.met else " MISSED")
-        lines.append((row.workload, row.measure, _number(row.pfmq), row.baseline,
-                      _number(row.other), f"{row.ratio:.2f}x", row.target + verdict))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
-            for line in lines]
-    text.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(text)
-
-
 # -- workloads ------------------------------------------------------------------------------------
 
-def _compare(workload, measure, pfmq_value, others, target=None):
-    """Rows comparing ``pfmq_value`` with each ``(baseline, value)``; the first one gets
-    ``target``, a pair of its text and a test of the ratio."""
-    rows = [Row(workload, measure, pfmq_value, baseline, value) for baseline, value in others]
-    if target is not None:
-        rows[0].target, rows[0].met = target[0], bool(target[1](rows[0].ratio))
-    return rows
-
-
-def w1_tiny_requests(mp_context, sizes: dict, use_graph: bool) -> List[Row]:
+def w1_tiny_requests(mp_context, sizes: dict, options: dict) -> List[Row]:
     """W1: results per second of tiny ``x / y`` requests on 2 workers."""
     count, repeats = sizes["W1"], sizes["repeats"]
     expected = count * (count - 1) / 4
     requests = [{"fetches": "z", "context": {"x": i, "y": 2}} for i in range(count)]
     pairs = [(i, 2) for i in range(count)]
+    use_graph = options["use_graph"]
     kinds = ["graph", "function"] if use_graph else ["function"]
     rates = {kind: _pfmq_rate(mp_context, kind, WORKERS, requests, expected, repeats)
              for kind in kinds}
@@ -197,15 +135,16 @@ def w1_tiny_requests(mp_context, sizes: dict, use_graph: bool) -> List[Row]:
     pools = zip((f"Pool.imap chunksize={size}" for size in chunksizes),
                 pool_rates(mp_context, divide, WORKERS, pairs, expected, repeats, chunksizes,
                            warmup=4 * WORKERS))
-    rows = _compare("W1", f"results/s ({kinds[0]})", rates[kinds[0]],
-                    [("raw pyzmq pipeline", raw_rate), *pools], (">= 1.0x", lambda r: r >= 1.0))
+    rows = compare("W1", f"results/s ({kinds[0]})", rates[kinds[0]],
+                   [("raw pyzmq pipeline", raw_rate), *pools],
+                   (">= 1.0x", lambda row: row.ratio >= 1.0))
     if use_graph:  # separates the cost of graph evaluation from that of the transport
         rows.append(Row("W1", "results/s (function)", rates["function"], "raw pyzmq pipeline",
                         raw_rate))
     return rows
 
 
-def w2_large_arrays(mp_context, sizes: dict, use_graph: bool) -> List[Row]:
+def w2_large_arrays(mp_context, sizes: dict, options: dict) -> List[Row]:
     """W2: MB/s (both directions) of 8 MiB float32 arrays, each returned plus one."""
     count, repeats = sizes["W2"], sizes["repeats"]
     array = np.zeros(ARRAY_ITEMS, np.float32)
@@ -217,12 +156,12 @@ def w2_large_arrays(mp_context, sizes: dict, use_graph: bool) -> List[Row]:
                                  window=4 * WORKERS, warmup=2 * WORKERS) * to_mbps
     pool_rate, = pool_rates(mp_context, add_one, WORKERS, arrays, count, repeats,
                             warmup=WORKERS)
-    return _compare("W2", "MB/s", pfmq, [("raw pyzmq zero-copy", raw_mbps),
-                                        ("Pool.imap chunksize=1", pool_rate * to_mbps)],
-                    (">= 0.8x", lambda r: r >= 0.8))
+    return compare("W2", "MB/s", pfmq, [("raw pyzmq zero-copy", raw_mbps),
+                                       ("Pool.imap chunksize=1", pool_rate * to_mbps)],
+                   (">= 0.8x", lambda row: row.ratio >= 0.8))
 
 
-def w3_scaling(mp_context, sizes: dict, use_graph: bool) -> List[Row]:
+def w3_scaling(mp_context, sizes: dict, options: dict) -> List[Row]:
     """W3: throughput / ideal throughput of 10 ms requests on 1, 2, 4 and 8 workers."""
     repeats = sizes["repeats"]
     efficiency = {}  # (system, workers) -> throughput / (workers / SLEEP)
@@ -247,28 +186,42 @@ def w3_scaling(mp_context, sizes: dict, use_graph: bool) -> List[Row]:
         efficiency["pool", workers] = rate * SLEEP / workers
     rows = []
     for workers in W3_WORKERS:
-        value = efficiency["pfmq", workers]
-        rows += _compare("W3", f"efficiency, workers={workers}", value,
-                         [("raw pyzmq pipeline", efficiency["raw", workers]),
-                          ("Pool.imap chunksize=1", efficiency["pool", workers])],
-                         ("pfmq >= 0.97", lambda ratio, value=value: value >= 0.97))
+        rows += compare("W3", f"efficiency, workers={workers}", efficiency["pfmq", workers],
+                        [("raw pyzmq pipeline", efficiency["raw", workers]),
+                         ("Pool.imap chunksize=1", efficiency["pool", workers])],
+                        ("pfmq >= 0.97", lambda row: row.pfmq >= 0.97))
     return rows
 
 
-def w4_latency(mp_context, sizes: dict, use_graph: bool) -> List[Row]:
-    """W4: p50 and p99 latency of sequential ``broker.apply`` calls with one worker."""
+def _pfmq_round_trips(mp_context, count, request):
+    with _pfmq_cluster(mp_context, "function", 1) as (broker, _):
+        return percentiles(lambda: check_half(broker.apply(request)), count)
+
+
+def w4_latency(mp_context, sizes: dict, options: dict) -> List[Row]:
+    """W4: p50 and p99 latency of sequential ``broker.apply`` calls with one worker; against
+    Pythonflow 0.3.0 too when ``options['pythonflow_030']`` names its directory.
+
+    The systems take turns in reverse order every other round (``options['round']``), so that
+    a drift of a shared machine during a round does not favour whichever runs first.
+    """
     count = sizes["W4"]
     request = {"fetches": "z", "context": {"x": 1, "y": 2}}
-    with _pfmq_cluster(mp_context, "function", 1) as (broker, _):
-        pfmq = percentiles(lambda: check_half(broker.apply(request)), count)
-    raw = raw_round_trips(mp_context, count, request)
-    pool_figures = pool_round_trips(mp_context, WORKERS, count)
+    systems = [("pfmq", lambda: _pfmq_round_trips(mp_context, count, request)),
+               ("raw pyzmq ROUTER/DEALER proxy",
+                lambda: raw_round_trips(mp_context, count, request)),
+               ("Pool.apply", lambda: pool_round_trips(mp_context, WORKERS, count))]
+    if options.get("pythonflow_030"):
+        systems.append((f"Pythonflow {pf030.VERSION} apply",
+                        lambda: pf030.round_trips(options["pythonflow_030"], count)))
+    baselines = [name for name, _ in systems[1:]]  # the order of the table: raw first
+    turns = systems[::-1] if options.get("round", 0) % 2 else systems
+    figures = {name: measure() for name, measure in turns}
     rows = []
     for index, name in enumerate(("p50", "p99")):
-        target = ("<= 1.2x", lambda r: r <= 1.2) if name == "p50" else None
-        rows += _compare("W4", f"{name} latency, ms", pfmq[index],
-                         [("raw pyzmq ROUTER/DEALER proxy", raw[index]),
-                          ("Pool.apply", pool_figures[index])], target)
+        target = ("<= 1.5x", lambda row: row.ratio <= 1.5) if name == "p50" else None
+        rows += compare("W4", f"{name} latency, ms", figures["pfmq"][index],
+                        [(baseline, figures[baseline][index]) for baseline in baselines], target)
     return rows
 
 
@@ -276,6 +229,16 @@ RUNNERS = {"W1": w1_tiny_requests, "W2": w2_large_arrays, "W3": w3_scaling, "W4"
 
 
 # -- command line ---------------------------------------------------------------------------------
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
+
 
 def _workload_list(text):
     names = [name.strip().upper() for name in text.split(",") if name.strip()]
@@ -286,7 +249,8 @@ def _workload_list(text):
 
 
 def run(workloads: Sequence[str] = WORKLOADS, quick: bool = False,
-        progress: Callable[[str], None] = lambda message: None) -> dict:
+        progress: Callable[[str], None] = lambda message: None, rounds: int = 1,
+        pythonflow_030: Optional[str] = None) -> dict:
     """Run ``workloads`` and return the settings and the table rows.
 
     Parameters
@@ -297,29 +261,52 @@ def run(workloads: Sequence[str] = WORKLOADS, quick: bool = False,
         Small sizes, for a smoke test; the figures mean little.
     progress : callable
         Called with a line of text as each workload finishes.
+    rounds : int
+        How many times the workloads run, one after the other in turn; each figure of the
+        table is then the median of its rounds, and targets are judged on the medians.
+    pythonflow_030 : str, optional
+        The directory holding Pythonflow 0.3.0 (see :mod:`.pf030`): W4 then compares with it.
 
     Returns
     -------
     dict
-        ``settings`` (sizes, machine, versions) and ``rows`` (a list of :class:`Row`).
+        ``settings`` (sizes, machine, versions), ``rows`` (a list of :class:`Row`) and
+        ``rounds`` (the rows of each round).
     """
     mp_context = multiprocessing.get_context("forkserver")
     mp_context.set_forkserver_preload([MODULE])
     sizes = SIZES["quick" if quick else "full"]
     use_graph = graph_available()
+    options = {"use_graph": use_graph, "pythonflow_030": pythonflow_030}
     settings = {
-        "mode": "quick" if quick else "full", "sizes": sizes,
+        "mode": "quick" if quick else "full", "sizes": sizes, "rounds": rounds,
         "w1_target": "pythonflow graph" if use_graph else "plain function (no pf.Graph)",
+        "pythonflow_030": pythonflow_030 and pf030.VERSION,
         "python": platform.python_version(), "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(), "numpy": np.__version__,
         "cpus": multiprocessing.cpu_count(), "platform": platform.platform(),
     }
-    rows = []
-    for name in workloads:
-        started = time.perf_counter()
-        rows += RUNNERS[name](mp_context, sizes, use_graph)
-        progress(f"{name} done in {time.perf_counter() - started:.1f} s")
-    return {"settings": settings, "rows": rows}
+    every_round = []
+    for index in range(rounds):
+        rows = []
+        for name in workloads:
+            started = time.perf_counter()
+            rows += RUNNERS[name](mp_context, sizes, {**options, "round": index})
+            progress(f"{name} done in {time.perf_counter() - started:.1f} s"
+                     + (f" (round {index + 1} of {rounds})" if rounds > 1 else ""))
+        every_round.append(rows)
+    rows = medians(every_round) if rounds > 1 else every_round[0]
+    return {"settings": settings, "rows": rows, "rounds": every_round}
+
+
+def _baseline_030(parser, args) -> Optional[str]:
+    """The Pythonflow 0.3.0 directory the options name, or None; a bad one is a usage error."""
+    try:
+        return pf030.find(args.pythonflow_030, args.install_pythonflow_030)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    except subprocess.SubprocessError as exc:
+        parser.error(f"cannot install Pythonflow {pf030.VERSION}: {exc}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -335,12 +322,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--workloads", type=_workload_list, default=list(WORKLOADS),
                         help="comma-separated subset of W1,W2,W3,W4 (default: all)")
+    parser.add_argument("--rounds", type=_positive, default=1,
+                        help="run the workloads this many times in turn and print the medians")
     parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 if pfmq misses a target")
     parser.add_argument("--key", help="sign every pfmq message with this key, as PFMQ_KEY does "
                         "(to measure what signing costs)")
+    parser.add_argument("--pythonflow-030", metavar="DIR",
+                        help=f"compare W4 with the Pythonflow {pf030.VERSION} installed in DIR "
+                        f"(pip install --no-deps --target DIR pythonflow=={pf030.VERSION}); "
+                        f"default: ${pf030.ENVIRONMENT_VARIABLE}")
+    parser.add_argument("--install-pythonflow-030", action="store_true",
+                        help=f"install Pythonflow {pf030.VERSION} from PyPI into DIR, or into "
+                        f"{pf030.default_cache()}, if it is not there")
     args = parser.parse_args(argv)
+    baseline = _baseline_030(parser, args) if "W4" in args.workloads else None
     if args.key:  # read by the broker, the tasks and the worker processes (which inherit it)
         os.environ["PFMQ_KEY"] = args.key
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -348,18 +345,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def progress(message):
         print(message, file=sys.stderr, flush=True)
 
-    results = run(args.workloads, args.quick, progress)
+    results = run(args.workloads, args.quick, progress, args.rounds, baseline)
     settings, rows = results["settings"], results["rows"]
     print(f"pfmq benchmark ({settings['mode']}): {settings['cpus']} CPUs, "
-          f"Python {settings['python']}, pyzmq {settings['pyzmq']}, libzmq {settings['libzmq']}")
+          f"Python {settings['python']}, pyzmq {settings['pyzmq']}, libzmq {settings['libzmq']}"
+          + (f"; medians of {args.rounds} rounds" if args.rounds > 1 else ""))
     print(f"the pfmq workers of W1 evaluate a {settings['w1_target']}")
     print("pfmq messages are signed (HMAC-SHA256)" if os.environ.get("PFMQ_KEY")
           else "pfmq messages are not signed")
+    if "W4" in args.workloads:
+        print(f"Pythonflow {pf030.VERSION} baseline of W4: {baseline}" if baseline else
+              f"Pythonflow {pf030.VERSION} baseline of W4: absent (give --pythonflow-030 DIR, "
+              f"set {pf030.ENVIRONMENT_VARIABLE} or pass --install-pythonflow-030)")
     print(format_table(rows))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
-            json.dump({"settings": settings, "rows": [row.as_dict() for row in rows]}, stream,
-                      indent=2)
+            json.dump({"settings": settings, "rows": [row.as_dict() for row in rows],
+                       "rounds": [[row.as_dict() for row in every] for every in results["rounds"]]},
+                      stream, indent=2)
     missed = [row for row in rows if row.met is False]
     return 1 if args.strict and missed else 0
-
