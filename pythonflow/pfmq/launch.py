@@ -134,6 +134,11 @@ def unpack_target(spec: TargetSpec) -> Callable[[Any], Any]:
 #: like status 0 (stopped on request), a supervisor does not start it again.
 EXIT_NO_BROKER = 75  # EX_TEMPFAIL of sysexits.h
 
+#: Exit status of a worker process that ended itself to be replaced (it passed its memory limit,
+#: or stopped a request that ran past its deadline): a supervisor starts another at once, without
+#: counting a death or backing off.
+EXIT_RESTART = 79
+
 
 def serve(spec: TargetSpec, address: str, worker_options: Optional[dict] = None,
           log_level: int = logging.WARNING, watch_parent: bool = False,

@@ -13,6 +13,8 @@ through the states of :class:`SlotState`::
         stops every worker and raises CrashLoopError (slot, exit status, last lines of its log)
     STARTING or RUNNING, exited with status 0 (asked to stop) or EXIT_NO_BROKER (gave up
         waiting for the broker) -> STOPPED: not started again
+    RUNNING, exited with EXIT_RESTART (ended itself to be replaced) -> STARTING at once, with
+        no death counted
 
 A process is *starting* until it has loaded its target (imported the graph's module, built the
 graph) and made its worker. The n-th death in a row waits ``backoff * 2 ** (n - 1)`` seconds
@@ -310,6 +312,10 @@ class Supervisor:
         if code in (0, launch.EXIT_NO_BROKER):
             slot.state = SlotState.STOPPED
             LOGGER.info("worker %d: process %d ended (%s)", slot.index, pid, describe_exit(code))
+            return
+        if code == launch.EXIT_RESTART and slot.state is SlotState.RUNNING:
+            slot.state, slot.restart_at = SlotState.BACKING_OFF, now  # replaced without a pause
+            LOGGER.info("worker %d: process %d asked to be replaced", slot.index, pid)
             return
         starting = slot.state is SlotState.STARTING
         if not starting and now - slot.ready_at >= self.stable_after:
