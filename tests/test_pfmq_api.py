@@ -183,10 +183,11 @@ def task_default(option: str):
 
 
 def read_ahead_bound(consumed: int, cache_size: int, capacity: int) -> int:
-    """The most requests a task may have taken from its iterator: those consumed, a full cache,
-    the jobs it keeps in flight (two per worker slot, plus one) and one batch read ahead, each
-    job a batch of at most ``max_batch`` requests."""
-    return consumed + cache_size + (2 * capacity + 2) * task_default("max_batch")
+    """The most requests a task may have taken from its iterator: those consumed, a full cache
+    (room for two batches' results at least), the jobs it keeps in flight (two per worker slot,
+    plus one) and one batch read ahead, each job a batch of at most ``max_batch`` requests."""
+    max_batch = task_default("max_batch")
+    return consumed + max(cache_size, 2 * max_batch) + (2 * capacity + 2) * max_batch
 
 
 @pytest.mark.parametrize("how", ["cancel", "del"])

@@ -48,8 +48,9 @@ class Task:
     num_retries : int
         Silent timeouts before ``TimeoutError``; ``max_retries`` is its Pythonflow 0.3 name.
     cache_size : int
-        Results held for the consumer before the task stops reading requests; ``max_results``
-        is its Pythonflow 0.3 name.
+        Results held for the consumer before the task stops reading requests, or two jobs'
+        results when cheap requests are batched into larger jobs (each job's results are kept
+        to about a MiB); ``max_results`` is its Pythonflow 0.3 name.
     ordered : bool
         Yield results in request order; else as they complete.
     errors : {'raise', 'skip', 'return'}
@@ -242,7 +243,7 @@ class Task:
         return {
             "delivered": delivered, "failed": self._failed,
             "results_per_second": delivered / elapsed if elapsed > 0 else 0.0,
-            "in_flight": io.in_flight, "cached": len(io.outbox.items), "requests_read": io.read,
+            "in_flight": io.in_flight, "cached": len(io.outbox), "requests_read": io.read,
             "waiting_seconds": io.outbox.waited, "elapsed_seconds": elapsed,
         }
 
@@ -267,8 +268,9 @@ class Task:
             except StopIteration:
                 self._ended = self._ended or time.perf_counter()  # the rate stays the stream's
                 raise
-            if self._io.waiting_for_consumer and self._io.wakeup is not None:
-                self._io.wakeup.set()
+            io = self._io
+            if io.waiting_for_consumer and io.wakeup is not None and len(io.outbox) < io.room:
+                io.wakeup.set()  # there is room again: the I/O thread reads on
             if outcome[0] == OK:
                 unordered = self._unordered  # _mark() inline: this is the hot path
                 if unordered is None:
