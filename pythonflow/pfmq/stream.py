@@ -9,10 +9,10 @@ Data flow::
 The I/O thread reads the request iterator lazily and keeps about two jobs per worker slot in
 flight, so every worker stays busy; it stops reading while ``cache_size`` results (and at least
 two jobs' results) wait for the consumer, so memory stays bounded however long (or infinite) the
-iterator is. An iterator that is
-not a plain walk over a container is read in a thread of its own (:mod:`.reader`), so that a slow
-one never delays the heartbeats. Cheap requests are batched into larger jobs (sized from the
-workers' measured time per request) so that per-message costs do not dominate.
+iterator is. An iterator that is not a plain walk over a container is read in a thread of its own
+(:mod:`.reader`), so that a slow one never delays the heartbeats. Cheap requests are batched
+into larger jobs (sized from the workers' measured time per request) so that per-message costs do
+not dominate.
 
 It pings the broker every heartbeat interval. The broker's answer says how many of the task's
 jobs it holds; jobs the broker has lost (because it restarted, or forgot a task that was silent
