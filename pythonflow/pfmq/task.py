@@ -67,7 +67,12 @@ class Task:
     heartbeat_interval : float
         Seconds between pings to the broker.
     max_batch : int
-        Most requests sent in one job.
+        Most requests sent in one job. Jobs are sized from the workers' measured time per
+        request (about ``target_job_seconds`` of work each) and kept to about a MiB of requests
+        and of results; the bound of 1,024 lets tiny requests share the per-message costs of
+        broker, worker and task widely.
+    target_job_seconds : float
+        The seconds of work a job of several requests aims at.
     max_message_size : int, optional
         The broker's ``max_message_size`` (by default learned from its heartbeats): a request
         that would need a larger frame fails with :class:`~pythonflow.pfmq.SerializationError`
@@ -107,7 +112,7 @@ class Task:
                  start: bool = True, timeout: float = 10, num_retries: int = 3,
                  cache_size: int = 64, ordered: bool = True, *, errors: str = "raise",
                  seed: Optional[int] = None, key=None, serializer=None, curve=None,
-                 heartbeat_interval: float = HEARTBEAT_INTERVAL, max_batch: int = 256,
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL, max_batch: int = 1024,
                  target_job_seconds: float = 0.005, max_message_size: Optional[int] = None,
                  context: Optional[zmq.Context] = None, max_retries: Optional[int] = None,
                  max_results: Optional[int] = None, resume: Optional[dict] = None):
