@@ -19,10 +19,10 @@ handle from another host fails with a clear :class:`SharedMemoryError` instead o
 Lifetime rules
 --------------
 * **Receivers** hold a shared ``flock`` on their own descriptor of a segment for as long as
-  anything views its mapping (a finaliser of the mapping closes the descriptor). The lock, like
-  the memory, goes with the process if it dies. Opening checks the inode, the token of this use
-  and takes the lock without waiting; any failure there means the sender let the segment go (it
-  died, or gave up waiting) and raises :class:`SegmentLost`.
+  anything views its mapping (the mapping keeps a duplicate of the descriptor, closed with it).
+  The lock, like the memory, goes with the process if it dies. Opening checks the inode and
+  the token of this use and takes the lock without waiting; any failure there means the sender
+  let the segment go (it died, or gave up waiting) and raises :class:`SegmentLost`.
 * **Senders** keep every segment they sent in a process-wide pool. A segment is *returned* when
   the frames that named it are dropped: for requests (a task) that is when the job's result has
   arrived, since the task keeps a job's frames to send it again; for results (a worker,
@@ -38,9 +38,12 @@ Lifetime rules
   or let it go after ``linger``) sends the job again, as for a lost job: the broker hands it to a
   worker as a new one, and the task delivers each result once. A worker that cannot map a
   request answers with a serialisation error (its task is gone).
-* A forked child closes the descriptors it inherited from its parent's pool and leases.
+* A forked child closes the descriptors it inherited from its parent's pool; those of the
+  mappings it inherited keep their locks until it drops them (or ends), so that nothing it may
+  still view is used again.
 
-A receiver needs one descriptor per message it views (most processes may open thousands).
+A receiver needs one descriptor per message it views, a sender two per segment it keeps (its
+own and its mapping's); the pool holds about as many segments as jobs are in flight.
 """
 import fcntl
 import hashlib
@@ -288,16 +291,6 @@ class _Manifest(bytes):
 
 # -- the receiver's side -----------------------------------------------------------------------
 
-_LEASES = set()  # descriptors receivers hold (closed in a forked child)
-
-
-def _release(fd: int) -> None:
-    _LEASES.discard(fd)
-    try:
-        os.close(fd)  # releases the shared lock: the sender may use the segment again
-    except OSError:
-        pass
-
 
 def _lease(pid: int, number: int, inode: int, token: bytes, length: int) -> mmap.mmap:
     """Open, lock, check and map the data of the segment a manifest names."""
@@ -320,22 +313,15 @@ def _lease(pid: int, number: int, inode: int, token: bytes, length: int) -> mmap
         # Copy on write, as a received frame is the receiver's own: writes stay private (a
         # request sent again to another worker stays as it was) and copy only what they touch.
         mapping = mmap.mmap(fd, length, access=mmap.ACCESS_COPY, offset=SHM_PAGE)
-    except BaseException:
+    finally:
+        # The mapping holds a duplicate of the descriptor, and with it the lock, until the
+        # last view of it is gone (a forked child's copy too: the segment is then not reused).
         os.close(fd)
-        raise
-    _LEASES.add(fd)
-    weakref.finalize(mapping, _release, fd)
     return mapping
 
 
-def _forget_after_fork() -> None:
-    for fd in list(_LEASES):
-        _release(fd)
-    _POOL.forget()
-
-
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)
+    os.register_at_fork(after_in_child=_POOL.forget)
 
 
 # -- both sides --------------------------------------------------------------------------------
