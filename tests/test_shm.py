@@ -146,6 +146,15 @@ def test_msgpack_lets_go_of_what_it_decoded_without_the_garbage_collector():
     assert SHM_MANIFEST.unpack_from(bytes(again[0]), len(SHM_MAGIC))[3] == inode  # let go
 
 
+def test_without_shared_memory_to_be_had_frames_go_over_the_socket(monkeypatch):
+    def refuse(*args):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(shm._POOL, "acquire", refuse)
+    frames = [b"x", bytes(8192)]
+    assert shm.Courier(shm.SharedMemory(threshold=4096)).pack(frames) == frames
+
+
 @pytest.mark.parametrize("option, address, on", [
     (None, "ipc:///tmp/x", True), (None, "tcp://127.0.0.1:5555", False),
     (None, "inproc://x", False), (True, "tcp://10.0.0.1:5555", True), (False, "ipc://x", False),

@@ -57,11 +57,13 @@ from typing import List, Optional, Sequence, Union
 
 from .errors import SerializationError
 from .protocol import SHM_ENTRY, SHM_HEADER, SHM_MAGIC, SHM_MANIFEST, SHM_PAGE, Frame, frame_buffer
+from .transport import RateLimitedLogger
 
 __all__ = ["SharedMemory", "SharedMemoryError", "SegmentLost", "Courier", "available", "resolve",
            "POOL_BYTES"]
 
 LOGGER = logging.getLogger(__name__)
+_LOG = RateLimitedLogger(LOGGER)
 
 #: Returned segments kept for use again, at most, in bytes per process.
 POOL_BYTES = 512 << 20
@@ -204,7 +206,9 @@ class _Pool:
 
     def __init__(self):
         self.pid = os.getpid()
-        self.lock = threading.Lock()
+        # Reentrant: a finaliser that gives a segment back may run wherever the last reference
+        # to its frames goes, also in a garbage collection inside a locked section.
+        self.lock = threading.RLock()
         self.lent = set()
         self.returned: List[_Segment] = []  # oldest first
         self.sweeping = threading.Condition(self.lock)
@@ -356,12 +360,17 @@ class Courier:
         moved, offset = [], 0
         for index in range(1, len(frames)):
             view = memoryview(frame_buffer(frames[index]))
-            if view.nbytes >= settings.threshold and view.contiguous:
-                moved.append((index, offset, view.cast("B") if view.format != "B" else view))
+            if view.nbytes >= settings.threshold and view.c_contiguous:
+                moved.append((index, offset, view.cast("B")))
                 offset += _pages(view.nbytes)
         if not moved:
             return frames
-        segment = _POOL.acquire(offset, self.handoff, settings.linger)
+        try:
+            segment = _POOL.acquire(offset, self.handoff, settings.linger)
+        except OSError as exc:  # out of memory or descriptors: the socket still works
+            _LOG.log(logging.WARNING, "acquire", "no shared memory for %d bytes (%s); sending "
+                     "over the socket", offset, exc)
+            return frames
         loan = _Loan(segment)
         try:
             for _, start, view in moved:
