@@ -232,6 +232,14 @@ def test_cluster_round_trip_both_ways_with_key_and_msgpack():
     wait_until(lambda: own_memfds() <= before, 10, message="the task's segments let go")
 
 
+@pytest.mark.parametrize("option, on", [(None, True), (False, False)])
+def test_a_local_cluster_uses_shared_memory_unless_told_not_to(option, on):
+    with pfmq.LocalCluster("shm_peer:plus_one_where", num_workers=1,
+                           shared_memory=option) as cluster:
+        result, request_mapped = cluster.apply(np.zeros(ITEMS, np.float32))
+    assert result[0] == 1 and mapped(result) is on and request_mapped is on
+
+
 def test_descriptors_stay_bounded_over_many_requests():
     array = np.ones(1 << 18, np.float32)  # 1 MiB: at the default threshold
     with pfmq.LocalCluster("shm_peer:plus_one", num_workers=2, shared_memory=SHORT) as cluster:
