@@ -39,19 +39,21 @@ from .liveness import Liveness
 from .protocol import ITERATOR_FAILED, SERIALIZATION_ERROR, WORKERS_DIED, Kind
 from .reader import reader_for, source_too_short
 from .security import key_hint
+from .shm import SegmentLost
 from .transport import RateLimitedLogger, Wakeup, dealer, handle_waiting
 
 LOGGER = logging.getLogger(__name__)
 
 
 class _Job:
-    __slots__ = ("first", "count", "frames", "epoch")
+    __slots__ = ("first", "count", "frames", "epoch", "lost")
 
     def __init__(self, first, count, frames, epoch):
         self.first = first
         self.count = count
         self.frames = frames
         self.epoch = epoch  # the number of pings sent before this job was last sent
+        self.lost = 0  # results of it that arrived in shared memory already let go
 
 
 class _Outbox:
@@ -241,6 +243,7 @@ class Stream:
             except zmq.ZMQError:
                 pass
             self.sock.close(linger=100)
+        self.pending.clear()  # their frames keep request segments of shared memory lent
         self.reader.close()
         if self.wakeup is not None:
             self.wakeup.close()
@@ -372,6 +375,15 @@ class Stream:
             outcomes = self.serializer.decode(payload)
             if not isinstance(outcomes, list) or len(outcomes) != job.count:
                 raise SerializationError(f"expected {job.count} outcomes")
+        except SegmentLost as exc:  # the worker died (or let it go) before we mapped it
+            if job.lost < self.num_retries:
+                job.lost += 1
+                LOGGER.info("the result of job %d is lost (%s); sending it again", job_id, exc)
+                self.pending[job_id] = job
+                self.in_flight += job.count
+                self._send_job(job_id, job)
+                return
+            outcomes = [(SERIALIZATION_ERROR, f"the result cannot be read: {exc}")] * job.count
         except (ProtocolError, SerializationError) as exc:
             outcomes = [(SERIALIZATION_ERROR, f"the result cannot be read: {exc}")] * job.count
         self._deliver_run(job.first, outcomes)

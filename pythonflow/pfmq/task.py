@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional
 
 import zmq
 
-from . import position, protocol
+from . import position, protocol, shm
 from .errors import ProtocolError
 from .liveness import HEARTBEAT_INTERVAL
 from .protocol import ITERATOR_FAILED, OK, Kind, exception_for
@@ -84,6 +84,11 @@ class Task:
     resume : dict, optional
         A :meth:`state_dict` of an earlier task over the same requests, with the same
         ``ordered`` and ``seed``: continue where its consumer stopped (see Notes).
+    shared_memory : bool or SharedMemory, optional
+        Send large request arrays through shared memory (see :mod:`pythonflow.pfmq.shm`): by
+        default when ``frontend_address`` is an ``ipc://`` address (on this host); ``False``
+        never, ``True`` or a :class:`~pythonflow.pfmq.shm.SharedMemory` with its ``threshold``
+        always. Results in shared memory are read whatever this says.
 
     Raises
     ------
@@ -115,7 +120,8 @@ class Task:
                  heartbeat_interval: float = HEARTBEAT_INTERVAL, max_batch: int = 1024,
                  target_job_seconds: float = 0.005, max_message_size: Optional[int] = None,
                  context: Optional[zmq.Context] = None, max_retries: Optional[int] = None,
-                 max_results: Optional[int] = None, resume: Optional[dict] = None):
+                 max_results: Optional[int] = None, resume: Optional[dict] = None,
+                 shared_memory: shm.Option = None):
         num_retries = _renamed("num_retries", num_retries, 3, "max_retries", max_retries)
         cache_size = _renamed("cache_size", cache_size, 64, "max_results", max_results)
         if errors not in ERRORS:
@@ -141,9 +147,10 @@ class Task:
         self._started_at = self._count_delivered()
         self._failed = 0
         self._ended = None  # perf_counter() when the consumer reached the end of the stream
+        courier = shm.Courier(shm.resolve(shared_memory, frontend_address))
         self._io = Stream(
             requests, check_address(frontend_address), make_serializer(dumps, loads, serializer),
-            protocol.Wire(resolve_key(key)), context or zmq.Context.instance(), timeout,
+            protocol.Wire(resolve_key(key), courier), context or zmq.Context.instance(), timeout,
             num_retries, cache_size, ordered, seed, heartbeat_interval, max_batch,
             target_job_seconds, first, delivered)
         self._io.curve = curve
