@@ -34,6 +34,8 @@ CHUNK = 20 << 20  # bytes each request keeps
 #: Well above the resident memory of a fresh worker process (some 40-60 MiB), so that each
 #: process serves a few requests before it passes the limit.
 PROCESS_LIMIT = "150MiB"
+#: Heartbeats of the tests that count workers lost, so that a loaded machine loses none.
+SLOW_HEARTBEAT = 0.5
 _HOARD = []
 _EVALUATED = itertools.count()
 
@@ -170,12 +172,14 @@ def test_a_thread_worker_over_its_limit_stops_and_hands_its_jobs_back(tmp_path, 
     monkeypatch.setenv(EVALUATIONS, str(tmp_path))
     monkeypatch.setattr(memory, "CHECK_INTERVAL", 0)  # every job checked: it stops on time
     count = 40
-    with running_broker() as broker:
+    # Heartbeats slow enough that a loaded machine does not get the limited worker presumed dead
+    # (its jobs would go to the other worker while it still evaluated one).
+    with running_broker(heartbeat_interval=SLOW_HEARTBEAT) as broker:
         limited = pfmq.Worker(hoard, broker.backend_address, prefetch=3,
-                              heartbeat_interval=HEARTBEAT,
+                              heartbeat_interval=SLOW_HEARTBEAT,
                               max_memory=resident_memory() + 3 * CHUNK + (CHUNK >> 1))
         unlimited = pfmq.Worker(lambda request: (request, "unlimited"), broker.backend_address,
-                                prefetch=3, heartbeat_interval=HEARTBEAT)
+                                prefetch=3, heartbeat_interval=SLOW_HEARTBEAT)
         try:
             limited.run_async()
             wait_until(lambda: broker.stats()["workers"] == 1, message="the limited worker")
@@ -224,9 +228,8 @@ def test_a_thread_worker_that_passed_its_limit_says_so(tmp_path, monkeypatch):
 def test_cluster_replaces_workers_over_their_limit_during_an_ordered_imap(tmp_path, monkeypatch):
     monkeypatch.setenv(EVALUATIONS, str(tmp_path))  # the worker processes inherit it
     count = 40
-    # Heartbeats slow enough that a loaded machine does not get a live worker presumed dead.
-    with pfmq.LocalCluster(hoard, 2, max_memory=PROCESS_LIMIT, heartbeat_interval=0.5,
-                           broker_options={"heartbeat_interval": 0.5}) as cluster:
+    with pfmq.LocalCluster(hoard, 2, max_memory=PROCESS_LIMIT, heartbeat_interval=SLOW_HEARTBEAT,
+                           broker_options={"heartbeat_interval": SLOW_HEARTBEAT}) as cluster:
         first = cluster.pids
         results = list(cluster.imap(range(count)))
         check_served_once(results, tmp_path, count)

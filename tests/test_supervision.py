@@ -197,6 +197,24 @@ def test_a_worker_exiting_to_be_replaced_starts_again_at_once(tmp_path, monkeypa
     assert supervisor.states == [SlotState.STOPPED]
 
 
+def test_waiting_for_workers_tells_the_pool_failure_that_stopped_the_broker():
+    asked = []
+
+    class StoppingBroker:
+        backend_address = "ipc://nowhere"
+
+        def stats(self):  # the pool failed meanwhile and cancelled the broker
+            asked.append(True)
+            raise TimeoutError("no answer from the broker at inproc://frontend in 5.0 s")
+
+    def check():
+        if asked:
+            raise CrashLoopError("worker 0 exited during start-up 1 times in a row")
+
+    with pytest.raises(CrashLoopError, match="worker 0 exited during start-up"):
+        launch.wait_for_workers(StoppingBroker(), 1, timeout=10, check=check)
+
+
 def test_a_pool_that_cannot_start_processes_fails_at_once(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError(errno.EAGAIN, "Resource temporarily unavailable")

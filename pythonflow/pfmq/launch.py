@@ -304,7 +304,12 @@ def wait_for_workers(broker, count: int, timeout: float = 60.0,
     while True:
         if check is not None:
             check()
-        registered = broker.stats()["workers"]
+        try:
+            registered = broker.stats()["workers"]
+        except (TimeoutError, RuntimeError):
+            if check is not None:
+                check()  # a pool that failed stops the broker, which then cannot answer: say why
+            raise
         if registered >= count:
             return
         remaining = deadline - time.monotonic()
