@@ -16,6 +16,7 @@ scheduler decides. It never deserialises a payload; it reads headers and moves f
 """
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -27,11 +28,11 @@ import zmq
 
 from . import protocol
 from .lifecycle import Service
-from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, BrokerClocks
 from .protocol import Kind
 from .scheduler import Scheduler
 from .security import CurveServer, KeyLike, is_loopback, resolve_key
-from .transport import RateLimitedLogger, Wakeup, check_address, handle_waiting
+from .transport import RateLimitedLogger, Wakeup, check_address, handle_waiting, send_frames
 
 if TYPE_CHECKING:  # task.py imports the broker's peers, not the broker: imported when used
     from .task import Task
@@ -208,23 +209,26 @@ class Broker(Service):
 
     def _serve(self, frontend, backend):
         self.frontend, self.backend = frontend, backend
-        poller = zmq.Poller()
-        poller.register(frontend, zmq.POLLIN)
-        poller.register(backend, zmq.POLLIN)
-        poller.register(self._wakeup, zmq.POLLIN)
-        next_check = time.monotonic() + self.heartbeat_interval
+        # With no job open, the workers' messages wait for the clock (see BrokerClocks).
+        working, quiet = zmq.Poller(), zmq.Poller()
+        for poller in (working, quiet):
+            poller.register(frontend, zmq.POLLIN)
+            poller.register(self._wakeup, zmq.POLLIN)
+        working.register(backend, zmq.POLLIN)
+        clocks = BrokerClocks(self.heartbeat_interval, time.monotonic())
         while not self._stopping:
-            timeout = max(0.0, next_check - time.monotonic())
-            events = dict(poller.poll(timeout * 1000))
+            is_quiet = not self.scheduler.open_jobs
+            wait = clocks.wait(time.monotonic(), is_quiet)
+            # Whole milliseconds, rounded up: pyzmq truncates, and a poll of 0 ms spins.
+            events = dict((quiet if is_quiet else working).poll(math.ceil(wait * 1000)))
             now = self.scheduler.now = time.monotonic()
             if frontend in events:
                 self._drain(frontend, self._on_task_message)
-            if backend in events:
-                self._drain(backend, self.scheduler.on_worker_message)
+            if backend in events or (is_quiet and clocks.read_due(now)):
+                clocks.read(now, self._drain(backend, self.scheduler.on_worker_message) < _DRAIN)
             self.scheduler.dispatch()
-            if now >= next_check:
+            if clocks.check_due(now):
                 self.scheduler.expire_silent_peers()
-                next_check = now + self.heartbeat_interval
             self._wakeup.clear_if_woken(events)
 
     def _on_task_message(self, task_id, kind, fields, body):
@@ -234,8 +238,8 @@ class Broker(Service):
         else:
             self.scheduler.on_task_message(task_id, kind, fields, body)
 
-    def _drain(self, sock, handle):
-        handle_waiting(sock, self._wire, handle, self._log, routed=True, limit=_DRAIN,
+    def _drain(self, sock, handle) -> int:
+        return handle_waiting(sock, self._wire, handle, self._log, routed=True, limit=_DRAIN,
                        on_drop=self._count_dropped)
 
     def _count_dropped(self, exc: Exception) -> None:
@@ -246,8 +250,9 @@ class Broker(Service):
     def _send(self, sock, peer, kind, *fields, body=(), payload=()):
         """Send to a peer; returns False when the peer is gone."""
         try:
-            sock.send_multipart([peer, *self._wire.pack(kind, *fields, body=body,
-                                                        payload=payload)], copy=False)
+            # Received frames (payloads) go on without a copy; the small new ones are copied,
+            # which costs less than wrapping them in zmq.Frame objects.
+            send_frames(sock, [peer, *self._wire.pack(kind, *fields, body=body, payload=payload)])
             return True
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
