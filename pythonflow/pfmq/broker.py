@@ -225,7 +225,8 @@ class Broker(Service):
             if frontend in events:
                 self._drain(frontend, self._on_task_message)
             if backend in events or (is_quiet and clocks.read_due(now)):
-                clocks.read(now, self._drain(backend, self.scheduler.on_worker_message) < _DRAIN)
+                emptied = self._drain(backend, self.scheduler.on_worker_message) < _DRAIN
+                clocks.read(now, emptied, self.scheduler.shortest_interval)
             self.scheduler.dispatch()
             if clocks.check_due(now):
                 self.scheduler.expire_silent_peers()

@@ -150,10 +150,13 @@ class BrokerClocks:
         """Whether the workers' messages are due to be read, while quiet."""
         return now >= self.next_read
 
-    def read(self, now: float, emptied: bool) -> None:
+    def read(self, now: float, emptied: bool, shortest: Optional[float] = None) -> None:
         """The workers' messages were read; unless some were left (``emptied`` false), the next
-        quiet read is a fraction of the interval away."""
-        self.next_read = now + self.quiet if emptied else now
+        quiet read is a fraction of the interval away: of ``shortest``, the shortest heartbeat
+        interval of the workers, if that is shorter than the broker's (they must not wait
+        long for their answers)."""
+        quiet = self.quiet if shortest is None else min(self.quiet, shortest * QUIET_SHARE)
+        self.next_read = now + quiet if emptied else now
 
     def check_due(self, now: float) -> bool:
         """Whether to look for silent peers now; if so, the next look is an interval away."""

@@ -86,6 +86,11 @@ class Scheduler:
     ----------
     capacity : int
         Requests all workers can hold at once, kept up to date as workers come and go.
+    open_jobs : int
+        Jobs of all tasks QUEUED or HELD, kept up to date likewise.
+    shortest_interval : float
+        Seconds: the shortest heartbeat interval of the broker and its workers (as of the last
+        look for silent peers, or shorter since).
     """
 
     def __init__(self, send_to_task: Callable[..., bool], send_to_worker: Callable[..., bool],
@@ -102,6 +107,7 @@ class Scheduler:
         self.supervisors = {}  # peer id -> the last REPORT of a supervisor of worker processes
         self.capacity = 0
         self.open_jobs = 0  # jobs of all tasks QUEUED or HELD, kept up to date as jobs come and go
+        self.shortest_interval = heartbeat_interval  # of the workers' heartbeats and the broker's
         self._credit = CreditIndex()  # the workers with free credit, by how much
         # Tasks with QUEUED jobs, in turn; a dict for removal by id in constant time.
         self.ready_tasks = collections.OrderedDict()
@@ -270,6 +276,8 @@ class Scheduler:
             subject.last_ping = fields[0]
             subject.last_seen = self.now
             subject.lapse = self._lapse(fields[1])
+            self.shortest_interval = min(self.shortest_interval,
+                                         subject.lapse / self.heartbeat_liveness)
         self._send_to_worker(worker_id, Kind.PONG, self.incarnation, fields[0], self.capacity,
                              len(subject.jobs) if subject else 0, subject is not None,
                              self.max_frame)
@@ -421,6 +429,9 @@ class Scheduler:
                            worker.id.hex()[:8], self.heartbeat_liveness, len(worker.jobs))
             self.counters["workers_lost"] += 1
             self._remove_worker(worker, died=True)
+        # Recounted here, where every worker is looked at anyway, so that it can grow again.
+        self.shortest_interval = min([self.heartbeat_interval, *(
+            w.lapse / self.heartbeat_liveness for w in self.workers.values())])
         for task in [t for t in self.tasks.values() if self.now - t.last_seen > t.lapse]:
             LOGGER.info("task %s went silent; forgetting its %d jobs",
                         task.id.hex()[:8], len(task.pending))
