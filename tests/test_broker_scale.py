@@ -9,9 +9,11 @@ from pfmq_helpers import running_broker, thread_workers, wait_for_workers, wait_
 from test_broker_faults import done, make_scheduler, ready, submit
 
 from pythonflow.pfmq import protocol
-from pythonflow.pfmq.liveness import QUIET_SHARE, BrokerClocks
+from pythonflow.pfmq.liveness import QUIET_SHARE, BrokerClocks, Liveness
 from pythonflow.pfmq.protocol import Kind
 from pythonflow.pfmq.records import CreditIndex, WorkerRecord
+from pythonflow.pfmq.serialization import make_serializer
+from pythonflow.pfmq.stream import Stream
 from pythonflow.pfmq.transport import dealer, waiting_messages
 
 pytestmark = pytest.mark.timeout(60)
@@ -174,3 +176,35 @@ def test_quiet_reads_come_often_enough_for_the_workers_with_the_shortest_heartbe
     scheduler.on_worker_message(A, Kind.BYE, (), [])
     scheduler.expire_silent_peers()
     assert scheduler.shortest_interval == 30.0, "recounted once that worker is gone"
+
+
+class AnsweringSocket:
+    """Stands in for a task's DEALER: records what is sent, and has an answer waiting as soon as
+    the first job is out, as a broker with idle workers would."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send_multipart(self, frames, flags=0, copy=True):
+        self.sent.append(frames)
+
+    def getsockopt(self, option):
+        assert option == zmq.EVENTS
+        return zmq.POLLIN if self.sent else 0
+
+
+def test_a_task_reads_its_first_result_before_filling_a_thousand_slots_with_single_jobs():
+    """Until a result sizes its batches a task sends one request per job; with a thousand slots
+    the window holds 2,001 of them, so the first answer must be read as soon as it waits."""
+    stream = Stream(range(100_000), "inproc://nobody", make_serializer(), protocol.Wire(None),
+                    zmq.Context.instance(), 1.0, 2, cache_size=100_000, ordered=False, seed=None,
+                    heartbeat_interval=1.0, max_batch=256, target_job_seconds=0.005)
+    stream.sock = AnsweringSocket()
+    stream.liveness = Liveness(stream.ping_interval, 1.0, 2)
+    stream.capacity = 1000  # as the broker's first PONG said
+    stream._submit_new_jobs()
+    assert len(stream.sock.sent) == 1, "one-request jobs sent with an answer waiting"
+    stream.seconds_per_request = 1e-5  # once read, the answer sizes the batches
+    stream._submit_new_jobs()
+    counts = [stream.wire.unpack(frames)[1][2] for frames in stream.sock.sent]
+    assert counts[0] == 1 and set(counts[1:-1]) == {256} and sum(counts) == 100_000
