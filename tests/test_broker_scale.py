@@ -208,3 +208,17 @@ def test_a_task_reads_its_first_result_before_filling_a_thousand_slots_with_sing
     stream._submit_new_jobs()
     counts = [stream.wire.unpack(frames)[1][2] for frames in stream.sock.sent]
     assert counts[0] == 1 and set(counts[1:-1]) == {256} and sum(counts) == 100_000
+
+
+def test_a_quiet_broker_counts_a_worker_that_has_just_signed_up():
+    """Statistics read what waits from the workers first, whatever the quiet clock says."""
+    with running_broker(heartbeat_interval=30.0) as broker:  # quiet reads 3 s apart
+        assert broker.stats()["workers"] == 0  # the first quiet read is behind us
+        wire = protocol.Wire()
+        sock = dealer(zmq.Context.instance(), broker.backend_address, protocol.new_id())
+        try:
+            sock.send_multipart(wire.pack(Kind.READY, 2, 2))
+            # Arrived, not yet read: a quiet broker leaves it to its clock, stats() does not.
+            wait_until(lambda: broker.stats()["workers"] == 1, timeout=2.0)
+        finally:
+            sock.close(linger=0)

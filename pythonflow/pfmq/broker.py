@@ -234,6 +234,9 @@ class Broker(Service):
 
     def _on_task_message(self, task_id, kind, fields, body):
         if kind is Kind.STATUS:  # a status query, not a task
+            # The workers' messages may wait for the quiet clock: read them, so that the figures
+            # count a worker that has just signed up or left.
+            self._drain(self.backend, self.scheduler.on_worker_message)
             self._send_to_task(task_id, Kind.STATUS_REPLY,
                                body=[json.dumps(self.scheduler.stats()).encode()])
         else:
