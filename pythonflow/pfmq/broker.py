@@ -96,7 +96,7 @@ class Broker(Service):
         self.incarnation = int.from_bytes(os.urandom(8), "big") >> 1
         self._wire = protocol.Wire(self.key)
         self._log = RateLimitedLogger(LOGGER)
-        self._wakeup = Wakeup()
+        self._wakeup = None  # made by run(), closed when it ends: a broker never run holds none
         self._stopping = False
         self._thread = None
         self._running = threading.Event()
@@ -131,12 +131,14 @@ class Broker(Service):
         """Bind both sockets and serve in the calling thread until :meth:`cancel`."""
         frontend, backend = self._bind()
         self._loop_thread = threading.current_thread()  # stats() asks the loop from elsewhere
+        self._wakeup = Wakeup()
         try:
             self._running.set()  # before run_async returns, so that apply() finds it running
             getattr(self, "_on_bound", lambda: None)()
             self._serve(frontend, backend)
         finally:
             self._running.clear()
+            self._wakeup.close()  # a cancel() still to come writes to it in vain, harmlessly
             frontend.close(linger=0)
             backend.close(linger=0)
 
@@ -171,7 +173,8 @@ class Broker(Service):
     def cancel(self, timeout: Optional[float] = None) -> None:
         """Stop serving and wait up to ``timeout`` seconds for the loop to end."""
         self._stopping = True
-        self._wakeup.set()
+        if self._wakeup is not None:  # else the loop has not begun, and sees _stopping first
+            self._wakeup.set()
         self._join(timeout)
 
     def _bind(self):
