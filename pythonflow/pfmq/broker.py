@@ -12,7 +12,10 @@ Data flow::
 One thread runs :meth:`Broker.run`: it polls both sockets, checks each message's header and
 signature, hands it to the :class:`~pythonflow.pfmq.scheduler.Scheduler` (which keeps the queues,
 the workers' credit and the heartbeats, and decides where each job goes) and sends what the
-scheduler decides. It never deserialises a payload; it reads headers and moves frames.
+scheduler decides. It never deserialises a payload; it reads headers and moves frames. While no
+job is open nothing a worker says is urgent, so the loop then reads the workers' side on a clock
+(:class:`~pythonflow.pfmq.liveness.BrokerClocks`), many heartbeats a wake-up, and wakes at once
+only for tasks.
 """
 import json
 import logging
@@ -247,7 +250,7 @@ class Broker(Service):
 
     def _drain(self, sock, handle) -> int:
         return handle_waiting(sock, self._wire, handle, self._log, routed=True, limit=_DRAIN,
-                       on_drop=self._count_dropped)
+                              on_drop=self._count_dropped)
 
     def _count_dropped(self, exc: Exception) -> None:
         self.scheduler.counters["dropped"] += 1

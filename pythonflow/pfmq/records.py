@@ -10,7 +10,8 @@ A job's life at the broker (:class:`JobState`)::
 A QUEUED job waits in its task's queue, or in the scheduler's isolated queue once a worker died
 holding it with others (see :mod:`pythonflow.pfmq.scheduler`). A SETTLED job is left wherever it
 is queued and skipped when reached; later results for it are dropped, so the consumer sees each
-result once.
+result once. A :class:`CreditIndex` groups the workers by their free credit, so that the one with
+the most is found without a scan.
 """
 import collections
 import enum

@@ -17,7 +17,9 @@ goes from QUEUED to HELD to SETTLED, and back to QUEUED when its worker dies, le
 it (see :class:`~pythonflow.pfmq.records.JobState`).
 
 Tasks take turns (round robin), so a long ``imap`` does not starve a concurrent ``apply``; each
-job goes to the worker with the most free credit.
+job goes to the worker with the most free credit, found in a
+:class:`~pythonflow.pfmq.records.CreditIndex` without looking at every worker (workers with
+equal credit take turns).
 
 A worker that stops sending heartbeats is presumed dead, and the jobs it held are sent again.
 Which of them killed it is known only when it held one job and nothing else: a worker that dies
