@@ -6,13 +6,15 @@
     RuntimeError <- SerializationError   an object that cannot be encoded or decoded (serialization)
     RuntimeError <- RemoteError          a request that failed on a worker (raised at the task)
                     <- WorkerDiedError   every worker that ran the request died running it
+TimeoutError <- RequestTimeoutError  a request ran past its deadline (request_timeout) too often
 
 Which outcome of a request stands for which of them is decided by
 :func:`pythonflow.pfmq.protocol.exception_for`, beside the outcome codes.
 """
 from typing import Optional
 
-__all__ = ["ProtocolError", "SerializationError", "RemoteError", "WorkerDiedError"]
+__all__ = ["ProtocolError", "SerializationError", "RemoteError", "WorkerDiedError",
+           "RequestTimeoutError"]
 
 
 class ProtocolError(ValueError):
@@ -45,3 +47,27 @@ class RemoteError(RuntimeError):
 
 class WorkerDiedError(RemoteError):
     """Every worker that ran a request died while running it."""
+
+
+class RequestTimeoutError(TimeoutError):
+    """A request ran past its deadline (``request_timeout``) on ``max_attempts`` workers.
+
+    Each time, the worker stopped evaluating it (see :mod:`pythonflow.pfmq.deadline`).
+
+    Parameters
+    ----------
+    message : str
+        What timed out; it names the request and the deadline.
+    index : int
+        The request's number in its task.
+    deadline : float
+        The deadline in seconds.
+    """
+
+    def __init__(self, message: str, index: int, deadline: float):
+        super().__init__(message)
+        self.index = index
+        self.deadline = deadline
+
+    def __reduce__(self):  # OSError's own would pass the three arguments as errno and strerror
+        return type(self), (str(self), self.index, self.deadline)

@@ -34,6 +34,7 @@ import zmq
 
 from . import protocol
 from .connections import Heartbeat, Renewal, Session
+from .deadline import DeadlineAction, Watchdog
 from .jobs import Evaluator, GraphTarget, seed_generators
 from .lifecycle import Lifecycle, Service, State
 from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
@@ -90,6 +91,15 @@ class Worker(Service):
         The broker's ``max_message_size`` (by default learned from its heartbeats): a result that
         would need a larger frame fails with :class:`~pythonflow.pfmq.SerializationError` instead
         of being sent.
+    on_deadline : {'rejoin', 'exit'}
+        What the worker does when a request runs past the deadline its task set
+        (``request_timeout``): it tells the broker, which sends the request and every job the
+        worker held elsewhere, and then either waits out of service until the transformation
+        returns, drops its result and signs up again (``'rejoin'``, the default: the worker runs
+        in your process, which it leaves alone), or ends its process with
+        :data:`~pythonflow.pfmq.launch.EXIT_RESTART` so that its supervisor starts another
+        (``'exit'``, what the worker processes of ``LocalCluster`` and ``pfmq worker`` do). See
+        :mod:`pythonflow.pfmq.deadline`.
     context : zmq.Context, optional
         Defaults to the process-wide instance.
 
@@ -104,7 +114,7 @@ class Worker(Service):
                  heartbeat_liveness: int = HEARTBEAT_LIVENESS, key: Optional[KeyLike] = None,
                  serializer: Union[Serializer, str, None] = None,
                  curve: Optional[CurveClient] = None, max_message_size: Optional[int] = None,
-                 context: Optional[zmq.Context] = None):
+                 on_deadline: str = "rejoin", context: Optional[zmq.Context] = None):
         if target is not None and not callable(target):
             raise TypeError(f"target must be callable, not {type(target).__name__}")
         self.target = target
@@ -121,11 +131,13 @@ class Worker(Service):
         self.key = resolve_key(key)
         self.curve = curve
         self.max_message_size = max_message_size
+        self.on_deadline = _deadline_action(on_deadline)
         self.context = context or zmq.Context.instance()
         self.routing_id: Optional[bytes] = None  # of the work connection, while signed up
         self._wire = protocol.Wire(self.key)
         self._log = RateLimitedLogger(LOGGER)
         self._evaluator = Evaluator(self.serializer, self._wire)
+        self._watchdog = self._evaluator.watchdog = Watchdog(self)
         self._wakeup = Wakeup()  # wakes the serving thread
         self._heartbeat_wakeup = Wakeup()  # wakes the heartbeat thread
         self._life = Lifecycle(self._wake)
@@ -299,6 +311,7 @@ class Worker(Service):
                 session.leave(interrupted)
         finally:
             self._session = self.routing_id = None
+            self._watchdog.close()
             self._life.finish()
 
     # -- serving (the serving thread) ------------------------------------------------------------
@@ -330,10 +343,13 @@ class Worker(Service):
                     session = self._renew(session)
                 if session.jobs:
                     self._running = session.jobs.popleft()
-                    session.sock.send_multipart(
-                        self._evaluator.answer(self.target, self._running, self.max_message_size),
-                        copy=False)
+                    frames = self._evaluator.answer(self.target, self._running,
+                                                    self.max_message_size)
                     self._running = None
+                    if frames is None:  # given up at its deadline; the broker was told
+                        self._watchdog.resume(session)
+                    else:
+                        session.sock.send_multipart(frames, copy=False)
                 else:
                     events = dict(session.poller.poll(self._interval_ms))
                     self._wakeup.clear_if_woken(events)
@@ -388,6 +404,14 @@ def _retries(num_retries, max_retries):
     if num_retries is not None and (not isinstance(num_retries, int) or num_retries < 1):
         raise ValueError(f"num_retries must be a positive integer or None, not {num_retries!r}")
     return num_retries
+
+
+def _deadline_action(value):
+    try:
+        return DeadlineAction(value)
+    except ValueError:
+        choices = ", ".join(repr(action.value) for action in DeadlineAction)
+        raise ValueError(f"on_deadline must be one of {choices}, not {value!r}") from None
 
 
 def _check_options(timeout, prefetch, heartbeat_interval, heartbeat_liveness):
