@@ -86,7 +86,7 @@ def status_lines(stats: dict, rates: Optional[Dict[str, float]] = None) -> List[
     Figures missing from ``stats`` (a broker of an older version) are left out.
     """
     rates = rates or {}
-    lines = [f"  {label:<13}{stats[name]}" for label, name in TOTALS if name in stats]
+    lines = [f"  {label:<12} {stats[name]}" for label, name in TOTALS if name in stats]
     if "" in rates:
         lines.append(f"  {'results/s':<13}{rates['']:.1f}")
     per_worker = stats.get("per_worker") or {}
