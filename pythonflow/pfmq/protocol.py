@@ -66,17 +66,13 @@ requests, the first of which is request number ``first_index`` of its task; ``se
 (0: none) is how long a worker may evaluate each of its requests (the task's
 ``request_timeout``).
 
-A worker that stopped a request because it ran past its deadline sends ``DEADLINE`` in place of
-the job's ``DONE``: ``index`` is the request's number in its task, ``elapsed`` the seconds it had
-run. It thereby gives back every job it holds (the broker sends them again, blaming none of
-them) and takes no more until its next ``READY``; a worker that ends its process to stop the
-request (see :mod:`pythonflow.pfmq.deadline`) says ``BYE`` after it, then sends a ``PING`` on
-its work connection with no worker id and waits for the ``PONG``, which tells it that the broker
-has read both. The broker counts the request's deadlines hit: below ``max_attempts`` it sends a
-job of that one request again, to a worker that holds nothing else, and a job of several
-requests fails with ``FAILED`` (cause :data:`FAILED_JOB`), so that its task retries each alone;
-at ``max_attempts`` the job fails with cause :data:`FAILED_DEADLINE` and ``index`` names the
-request that failed.
+A worker that gave up a request past its deadline sends ``DEADLINE`` in place of the job's
+``DONE`` (``index``: the request's number in its task; ``elapsed``: seconds it ran), and so gives
+back every job it holds, taking no more until its next ``READY``. One that ends its process then
+(see :mod:`pythonflow.pfmq.deadline`) sends ``BYE`` and a ``PING`` with no worker id on its work
+connection, whose ``PONG`` tells it the broker read both. The broker retries the request alone,
+or fails a job of several requests with cause :data:`FAILED_JOB` so that its task retries each;
+after ``max_attempts`` deadlines hit by the request it fails it with :data:`FAILED_DEADLINE`.
 
 ``FAILED``'s ``cause`` says what the task does: :data:`FAILED_JOB`, a single request fails
 (its workers died, or the broker refused the job) and a job of several requests is retried

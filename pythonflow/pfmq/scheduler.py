@@ -30,6 +30,10 @@ thus costs at most ``max_attempts + 1`` workers, and an innocent one that shared
 is never blamed. After ``max_attempts`` counted deaths the job fails with
 :data:`~pythonflow.pfmq.protocol.Kind.FAILED`.
 
+A worker that gives up a request past its deadline says so (``DEADLINE``): the scheduler hands
+that to :func:`pythonflow.pfmq.deadline.on_report`, which counts the hit, retries the request
+alone (isolated) or fails it, and requeues the worker's other jobs unblamed.
+
 A worker's credit (its free slots) drops with each job sent and comes back with the ``DONE`` of a
 job it held, once: also for a job it held whose task was cancelled meanwhile or that another
 worker answered first, never for a duplicate or a job it was not sent. A worker's heartbeats
