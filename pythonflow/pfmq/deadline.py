@@ -6,7 +6,7 @@ transformations are legitimate. Python code cannot be interrupted safely from ou
 request that runs past its deadline is given up, not stopped in its tracks::
 
     serving thread  --begin(job, index)--> Watchdog (IDLE -> RUNNING)
-    serving thread  --finish()-----------> Watchdog (RUNNING -> IDLE): the outcome is sent
+    serving thread  --finish()-----------> Watchdog (RUNNING -> IDLE): the outcome counts
     watchdog thread --deadline passed----> Watchdog (RUNNING -> EXPIRED): it owns the work
                     connection now, sends DEADLINE to the broker, then, by the worker's
                     ``on_deadline``:
@@ -22,9 +22,9 @@ threads at once. ``"exit"`` is what worker processes of :func:`pythonflow.pfmq.l
 (``LocalCluster``, ``pfmq worker``) do; ``"rejoin"`` is the default of a :class:`Worker` made in
 the user's own process, whose end would be a surprise. A transformation that holds the global
 interpreter lock (a long C call) keeps the watchdog thread from running: in ``"exit"`` mode a
-process timer (``SIGALRM``, whose default action ends the process at once) set to
-``deadline + max(2 s, deadline)`` for each request ends the process then, and the broker treats
-it as any dead worker.
+process timer (``SIGALRM``, whose default action ends the process at once) ends the process
+between ``deadline + max(2 s, deadline)`` and twice that after the request started (see
+:meth:`Watchdog._arm`), and the broker treats it as any dead worker.
 
 The broker (:func:`on_report`, called by the scheduler) counts a deadline hit for the request,
 the task and the worker, and sends every other job the worker held again, blaming none. A job of
@@ -66,6 +66,9 @@ LOGGER = logging.getLogger(__name__)
 MAX_DEADLINE_MS = 0xFFFFFFFF
 #: Seconds at least between a deadline and the process timer that backs the watchdog up.
 BACKSTOP_GRACE = 2.0
+#: Seconds after the last request began that the watchdog still looks every deadline; then it
+#: sleeps until the next request begins.
+IDLE_PATIENCE = 1.0
 
 
 class DeadlineAction(enum.Enum):
@@ -120,16 +123,19 @@ class Watchdog:
 
     def __init__(self, worker: "Worker"):
         self._worker = worker
-        self._lock = threading.Condition()  # guards the state; notified when it is REPORTED
+        self._lock = threading.Lock()  # guards the state: a plain one, taken twice per request
+        self._reported = threading.Event()  # set once the state is REPORTED
         self._wake = threading.Event()
         self.state = Watch.IDLE
         self._job: Optional["Job"] = None
         self._index = 0
         self._due = 0.0  # monotonic time the running request's deadline passes
-        self._idle_wait = False  # the thread waits without a timeout: wake it on begin()
+        self._began = self._deadline = 0.0  # of the last request begun
+        self._next_look = math.inf  # monotonic time the thread looks again (inf: when woken)
         self._thread: Optional[threading.Thread] = None
         self._closed = False
         # The process timer is the default SIGALRM only where nothing else uses that signal.
+        self._armed_until = 0.0  # monotonic time the process timer goes off; 0: not set
         self._backstop = (worker.on_deadline is DeadlineAction.EXIT and hasattr(signal, "SIGALRM")
                           and signal.getsignal(signal.SIGALRM) == signal.SIG_DFL)
 
@@ -137,21 +143,29 @@ class Watchdog:
         """Request ``index`` of ``job`` starts now with ``deadline`` seconds; whether it may
         (not when the watchdog took the job over)."""
         with self._lock:
-            if self.state is not Watch.IDLE:
-                return False
-            self.state, self._job, self._index = Watch.RUNNING, job, index
-            self._due = time.monotonic() + deadline
-            wake, self._idle_wait = self._idle_wait, False
-            if self._thread is None:
-                self._closed = False
-                self._thread = threading.Thread(target=self._run, name="pfmq-worker-watchdog",
-                                                daemon=True)
-                self._thread.start()
+            taken_over = self.state is not Watch.IDLE
+            wake = not taken_over and self._start(job, index, deadline)
+        if taken_over:
+            self._reported.wait()  # the connection is the watchdog's until it has reported
+            return False
         if self._backstop:
-            signal.setitimer(signal.ITIMER_REAL, deadline + max(BACKSTOP_GRACE, deadline))
+            self._arm(deadline + max(BACKSTOP_GRACE, deadline))
         if wake:
             self._wake.set()
         return True
+
+    def _start(self, job: "Job", index: int, deadline: float) -> bool:
+        """Make request ``index`` of ``job`` the running one (the lock is held); whether the
+        thread must be woken: only if it would look too late, not for every request."""
+        now = time.monotonic()
+        self.state, self._job, self._index = Watch.RUNNING, job, index
+        self._began, self._deadline, self._due = now, deadline, now + deadline
+        if self._thread is None:
+            self._closed = False
+            self._thread = threading.Thread(target=self._run, name="pfmq-worker-watchdog",
+                                            daemon=True)
+            self._thread.start()
+        return self._due < self._next_look
 
     def finish(self) -> bool:
         """The request that :meth:`begin` announced has returned; whether its outcome counts.
@@ -159,20 +173,37 @@ class Watchdog:
         When the watchdog took it over this waits until the deadline is reported (for ever,
         when the process ends after it) and returns False: call :meth:`resume`.
         """
-        if self._backstop:
-            signal.setitimer(signal.ITIMER_REAL, 0)
         with self._lock:
             if self.state is Watch.RUNNING:
                 self.state, self._job = Watch.IDLE, None
                 return True
-            self._lock.wait_for(lambda: self.state is not Watch.EXPIRED)
-            return False
+        self._reported.wait()  # for ever when the process ends after the report
+        return False
+
+    def _arm(self, backstop: float) -> None:
+        """Have the process timer go off no sooner than ``backstop`` seconds from now.
+
+        A system call per request would halve the rate of cheap requests: the timer is set for
+        twice as long and set again only once less than ``backstop`` is left, so a hung request
+        ends its process between ``backstop`` and twice that after it started.
+        """
+        now = time.monotonic()
+        if self._armed_until < now + backstop:
+            signal.setitimer(signal.ITIMER_REAL, 2 * backstop)
+            self._armed_until = now + 2 * backstop
+
+    def disarm(self) -> None:
+        """A job is done: the process timer must not go off while the worker waits for work."""
+        if self._armed_until:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._armed_until = 0.0
 
     def resume(self, session: "Session") -> None:
         """Serve on after a reported deadline: the broker sent the jobs waiting here elsewhere,
         so drop them and sign up again."""
         with self._lock:
             self.state, self._job = Watch.IDLE, None
+            self._reported.clear()
         session.read()  # jobs that came after the report went elsewhere too
         session.jobs.clear()
         session.sign_up()
@@ -187,6 +218,7 @@ class Watchdog:
             thread.join()  # it ends at once, or after a report it is sending
         with self._lock:
             self.state, self._job = Watch.IDLE, None  # the next run starts afresh
+            self._reported.clear()
 
     def _run(self) -> None:
         while True:
@@ -194,16 +226,30 @@ class Watchdog:
             with self._lock:
                 if self._closed:
                     return
+                now = time.monotonic()
                 running = self.state is Watch.RUNNING
-                remaining = self._due - time.monotonic()
-                if running and remaining <= 0:
+                if running and self._due <= now:
                     self.state = Watch.EXPIRED
                     job, index = self._job, self._index
-                self._idle_wait = not running
-            if running and remaining <= 0:
-                self._expire(job, index, -remaining)
+                    expired = True
+                else:
+                    expired = False
+                    wait = self._next_wait(running, now)
+                    self._next_look = math.inf if wait is None else now + wait
+            if expired:
+                self._expire(job, index, now - self._due)
             else:
-                self._wake.wait(remaining if running else None)
+                self._wake.wait(wait)
+
+    def _next_wait(self, running: bool, now: float) -> Optional[float]:
+        """Seconds until the watchdog looks again; ``None``: when woken."""
+        if running:
+            return self._due - now
+        if now - self._began < IDLE_PATIENCE:
+            # Between two requests of a stream: looking again one deadline later keeps begin()
+            # from having to wake this thread for the next request.
+            return self._deadline
+        return None  # idle for a while: sleep until a request begins
 
     def _expire(self, job: "Job", index: int, late: float) -> None:
         """Report request ``index`` of ``job``; end the process or hand the connection back."""
@@ -213,8 +259,7 @@ class Watchdog:
         LOGGER.warning("request %d ran past its deadline of %g s; %s", index, deadline,
                        "ending the worker process" if exiting else
                        "giving it up (the worker serves again when it returns)")
-        if self._backstop:
-            signal.setitimer(signal.ITIMER_REAL, 0)  # this thread runs: no need for the timer
+        self.disarm()  # this thread runs: no need for the timer
         try:
             session = worker._session
             if session is not None:
@@ -232,7 +277,7 @@ class Watchdog:
             os._exit(EXIT_RESTART)  # noqa: SLF001 - the only way past the hung thread
         with self._lock:
             self.state = Watch.REPORTED
-            self._lock.notify_all()
+        self._reported.set()
 
 
 def _await_pong(sock: Any, wire: protocol.Wire, timeout: float) -> None:

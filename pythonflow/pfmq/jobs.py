@@ -200,8 +200,16 @@ class Evaluator:
 
     def _evaluate(self, target, job, requests, seed) -> Optional[List[tuple]]:
         """The outcomes of ``requests``; ``None`` if the watchdog gave one up at its deadline."""
+        watch = self.watchdog if job.spec[5] else None
+        if watch is None:
+            return self._evaluate_each(target, job, requests, seed, None)
+        try:
+            return self._evaluate_each(target, job, requests, seed, watch)
+        finally:
+            watch.disarm()
+
+    def _evaluate_each(self, target, job, requests, seed, watch) -> Optional[List[tuple]]:
         first_index, deadline = job.spec[1], job.spec[5] / 1000
-        watch = self.watchdog if deadline else None
         outcomes = []
         for offset, request in enumerate(requests):
             if watch is not None and not watch.begin(job, first_index + offset, deadline):
