@@ -134,8 +134,8 @@ class Watchdog:
         self._next_look = math.inf  # monotonic time the thread looks again (inf: when woken)
         self._thread: Optional[threading.Thread] = None
         self._closed = False
-        # The process timer is the default SIGALRM only where nothing else uses that signal.
         self._armed_until = 0.0  # monotonic time the process timer goes off; 0: not set
+        # The process timer is the default SIGALRM only where nothing else uses that signal.
         self._backstop = (worker.on_deadline is DeadlineAction.EXIT and hasattr(signal, "SIGALRM")
                           and signal.getsignal(signal.SIGALRM) == signal.SIG_DFL)
 
