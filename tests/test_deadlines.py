@@ -9,11 +9,12 @@ import pytest
 import zmq
 from pfmq_helpers import HEARTBEAT, running_broker, thread_workers, wait_until
 from test_broker_faults import TASK, WORKER, make_scheduler, ready
+from test_stream_steps import make_stream, submitted
 
 from pythonflow import pfmq
 from pythonflow.pfmq import status
 from pythonflow.pfmq.integrations import prometheus
-from pythonflow.pfmq.protocol import FAILED_DEADLINE, FAILED_JOB, Kind
+from pythonflow.pfmq.protocol import FAILED_DEADLINE, FAILED_JOB, Kind, exception_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -257,3 +258,19 @@ def test_deadlines_hit_are_shown_by_status_and_prometheus():
     assert "deadlines hit 3" in text and "deadlines hit 2" in text
     assert ("deadlines_hit", "pfmq_deadlines_hit") in [entry[:2] for entry in prometheus.TOTALS]
     assert "deadlines_hit" in [entry[0] for entry in prometheus.PER_WORKER]
+
+
+def test_the_task_fails_the_timed_out_request_of_a_batch_and_retries_the_others():
+    stream = make_stream()
+    stream.request_timeout, stream.deadline_ms = 0.25, 250
+    stream._submit(5, ["a", "b", "c"])
+    [job_id] = stream.pending
+    stream._on_failed(job_id, "ran past its deadline", FAILED_DEADLINE, 6)
+    assert submitted(stream) == [(5, 3), (5, 1), (7, 1)] and stream.in_flight == 2
+    deadlines = {stream.wire.unpack(frames)[1][5] for frames in stream.sock.sent}
+    assert deadlines == {250}, "every job carries the deadline"
+    [(index, outcome)] = stream.outbox.items
+    error = exception_for(index, outcome)
+    assert isinstance(error, pfmq.RequestTimeoutError) and (error.index, error.deadline) == (
+        6, 0.25)
+    assert str(error) == "request 6 ran past its deadline"
