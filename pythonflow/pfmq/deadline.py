@@ -44,6 +44,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import protocol
@@ -122,7 +123,10 @@ class Watchdog:
     """
 
     def __init__(self, worker: "Worker"):
-        self._worker = worker
+        # A weak reference: a cycle would keep an abandoned worker (and its sockets) alive
+        # until the garbage collector happens to run.
+        self._worker = weakref.ref(worker)
+        self._exit = worker.on_deadline is DeadlineAction.EXIT
         self._lock = threading.Lock()  # guards the state: a plain one, taken twice per request
         self._reported = threading.Event()  # set once the state is REPORTED
         self._wake = threading.Event()
@@ -136,7 +140,7 @@ class Watchdog:
         self._closed = False
         self._armed_until = 0.0  # monotonic time the process timer goes off; 0: not set
         # The process timer is the default SIGALRM only where nothing else uses that signal.
-        self._backstop = (worker.on_deadline is DeadlineAction.EXIT and hasattr(signal, "SIGALRM")
+        self._backstop = (self._exit and hasattr(signal, "SIGALRM")
                           and signal.getsignal(signal.SIGALRM) == signal.SIG_DFL)
 
     def begin(self, job: "Job", index: int, deadline: float) -> bool:
@@ -253,9 +257,11 @@ class Watchdog:
 
     def _expire(self, job: "Job", index: int, late: float) -> None:
         """Report request ``index`` of ``job``; end the process or hand the connection back."""
-        worker = self._worker
+        worker = self._worker()
+        if worker is None:
+            return  # collected: nobody serves
         deadline = job.spec[5] / 1000
-        exiting = worker.on_deadline is DeadlineAction.EXIT
+        exiting = self._exit
         LOGGER.warning("request %d ran past its deadline of %g s; %s", index, deadline,
                        "ending the worker process" if exiting else
                        "giving it up (the worker serves again when it returns)")
