@@ -222,6 +222,23 @@ def test_a_hung_single_request_is_retried_alone():
     assert scheduler.stats()["per_worker"][holder.hex()]["deadlines_hit"] == 1
 
 
+def test_a_worker_that_gave_up_a_request_gets_no_job_before_it_signs_up_again():
+    scheduler, _, to_workers = make_scheduler(max_attempts=3)
+    ready(scheduler, slots=3)
+    submit(scheduler, 0, 0, 1)
+    scheduler.dispatch()
+    deadline(scheduler, 0, 0)
+    sent = len(to_workers.kinds(Kind.JOB))
+    submit(scheduler, 1, 1, 1)
+    scheduler.dispatch()
+    assert len(to_workers.kinds(Kind.JOB)) == sent, "it is out of service until its READY"
+    assert credit(scheduler) == 0
+    ready(scheduler, slots=3)
+    scheduler.dispatch()
+    jobs = [fields[0] for _, _, fields in to_workers.kinds(Kind.JOB)[sent:]]
+    assert jobs == [0], "the retry first, alone on the worker"
+
+
 def credit(scheduler, worker_id=WORKER):
     return scheduler.workers[worker_id].credit
 

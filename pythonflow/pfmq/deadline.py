@@ -314,7 +314,7 @@ def on_report(scheduler: "Scheduler", worker: Optional["WorkerRecord"], fields: 
     others = list(worker.jobs.values())
     worker.jobs.clear()
     worker.revoked.clear()  # it answers nothing it held any more
-    worker.credit = 0  # until its next READY
+    scheduler._credit.set(worker, 0)  # until its next READY (kept in the credit index)
     scheduler._requeue(others)
     if job is None:
         return  # revoked meanwhile, or answered elsewhere: nothing to count
