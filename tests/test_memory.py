@@ -240,7 +240,10 @@ def test_cluster_replaces_workers_over_their_limit_during_an_ordered_imap(tmp_pa
         assert all(slot.deaths == 0 for slot in cluster.supervisor.slots)
         stats = wait_until(lambda: (lambda s: s["restarts"] == cluster.restarts and s)(
             cluster.stats()), message="the broker counting the restarts")
-        assert stats["workers_lost"] == 0 and stats["failed"] == 0
+        # No request failed. (A worker may still be presumed dead when the whole suite loads
+        # the machine so much that its heartbeats come late: the broker's figure of workers
+        # lost is timing, not recycling; the supervisor's deaths above are the recycling.)
+        assert stats["failed"] == 0
         wait_until(lambda: cluster.supervisor.states == [SlotState.RUNNING] * 2,
                    message="both slots serving")  # the last replacement may be loading still
 
@@ -262,7 +265,9 @@ def test_cli_worker_pool_replaces_workers_over_their_limit(tmp_path, monkeypatch
             assert len({pid for _, pid in results}) > 2
             wait_until(lambda: broker.stats()["restarts"] >= 1, message="restarts counted")
             pool.send_signal(signal.SIGTERM)
-            assert pool.wait(30) == 0
+            status = pool.wait(30)
+            log.seek(0)
+            assert status == 0, log.read()[-2000:]
         finally:
             output = end_worker_pool(pool, log)
     assert "Traceback" not in output and "error:" not in output, output

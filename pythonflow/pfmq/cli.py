@@ -208,7 +208,7 @@ def run_worker(args) -> int:
     if args.processes is None:
         LOGGER.info("serving %s for the broker at %s", args.reference, args.address)
         return launch.serve(spec, args.address, options, args.log_level)
-    from .supervisor import CrashLoopError, Supervisor
+    from .supervisor import CrashLoopError, Supervisor, describe_exit
 
     LOGGER.info("serving %s for the broker at %s in %d supervised processes", args.reference,
                 args.address, args.processes)
@@ -224,7 +224,11 @@ def run_worker(args) -> int:
     # Stopped on request: also a process that our SIGTERM met before its handler was installed,
     # and one that had just exited to be replaced (after passing --max-memory).
     clean = (0, -signal.SIGTERM, launch.EXIT_RESTART)
-    return 0 if all(p.exitcode in clean for p in pool.processes) else 1
+    unclean = [p for p in pool.processes if p.exitcode not in clean]
+    for process in unclean:
+        print(f"pfmq worker: process {process.pid} ended with {describe_exit(process.exitcode)}",
+              file=sys.stderr)
+    return 1 if unclean else 0
 
 
 def run_status(args) -> int:
