@@ -76,6 +76,7 @@ class Settings:
     max_memory: str = "256MiB"  #: each worker process's memory limit, if pfmq has them
     leak: int = 4 << 20  #: bytes a leaking worker keeps per request
     settle: float = 60.0  #: seconds the pool has to be full again at the end
+    rounds: Optional[int] = None  #: end after this many rounds of the schedule, if sooner
 
     @property
     def workers(self) -> int:
@@ -243,11 +244,13 @@ class Chaos:
         self.stopping = threading.Event()
         self.error: Optional[BaseException] = None
         self._round: List[Fault] = []
+        self.rounds = 0  # rounds of the schedule begun
 
     def next_fault(self) -> Fault:
         """The next fault of the schedule: rounds of every kind in a shuffled order (worker
         kills twice a round, the commonest fault of a real cluster)."""
         if not self._round:
+            self.rounds += 1
             self._round = [*self.faults, *([Fault.WORKER_KILL] * (Fault.WORKER_KILL in
                                                                    self.faults))]
             self.rng.shuffle(self._round)
@@ -260,6 +263,10 @@ class Chaos:
                 fault = self.next_fault()
                 if self.inject(fault):
                     self.injected[fault] += 1
+                else:  # nothing to hit now: it comes again at the end of the round
+                    self._round.insert(0, fault)
+                if not self._round and self.rounds == self.settings.rounds:
+                    self.stop()  # the last round is over: run() stops waiting for the duration
         except Exception as exc:  # reported by run(): a soak whose chaos broke proves nothing
             LOGGER.exception("the fault schedule failed")
             self.error = exc

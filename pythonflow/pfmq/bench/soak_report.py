@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{name}", type=_positive(kind),
                             default=getattr(defaults, name.replace("-", "_")),
                             help=f"{text} (default: %(default)s)")
+    parser.add_argument("--rounds", type=_positive(int), default=None,
+                        help="end after this many rounds of the schedule (each fault kind once, "
+                        "worker kills twice) if that comes before --duration")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="seed of the schedule (default: %(default)s)")
     parser.add_argument("--max-memory", default=defaults.max_memory,
