@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from typing import List, Optional, Sequence, Tuple
 
@@ -108,6 +109,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     options = {field.name: getattr(args, field.name) for field in dataclasses.fields(Settings)}
+
+    def stop(signum, frame):
+        raise SystemExit(f"soak: stopped by {signal.Signals(signum).name}")
+
+    # SIGTERM (and SIGINT, which a background job ignores) end the run through its cleanup:
+    # every process ended, every namespace removed.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     report = run(Settings(**options))
     print(format_report(report))
     if args.json:
