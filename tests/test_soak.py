@@ -70,6 +70,36 @@ def test_each_round_of_the_schedule_has_every_fault_and_two_worker_kills():
     assert chaos.rounds == 3
 
 
+def clean_report():
+    consumer = {"done": 500, "lost": 0, "duplicated": 0, "timed_out": 1, "failed": 0, "hung": 1,
+                "errors": [], "seconds": 10.0, "error": None, "stalled": False, "leaks": 0}
+    return {"seconds": 10.0, "settled": 0.5, "consumer": consumer,
+            "faults": {Fault.WORKER_KILL.value: 2, Fault.HANG.value: 1},
+            "unavailable": {Fault.LEAK.value: "no --max-memory"}, "chaos_error": None,
+            "workers_end": 4, "workers_full": 4, "restarts": 5}
+
+
+@pytest.mark.parametrize("change", [
+    {"lost": 1}, {"duplicated": 1}, {"failed": 1}, {"stalled": True}, {"error": "TimeoutError"},
+    {"workers_end": 3}, {"workers_end": None}, {"chaos_error": "OSError()"}])
+def test_the_verdict_fails_a_soak_that_lost_duplicated_broke_or_did_not_refill_the_pool(change):
+    report = clean_report()
+    assert passed(report) and format_report(report).endswith("PASSED")
+    for name, value in change.items():
+        (report if name in report else report["consumer"])[name] = value
+    assert not passed(report)
+    assert format_report(report).endswith("FAILED")
+
+
+def test_the_table_has_every_figure_and_says_why_faults_were_off():
+    text = format_report(clean_report())
+    for line in ("requests done  ", "rate, requests/s", "  worker SIGKILL", "  memory growth",
+                 "timed out (of requests made to hang)", "workers at the end / pool",
+                 "worker processes restarted", "off (memory growth): no --max-memory"):
+        assert line in text, text
+    assert "  4 / 4" in text and "1 (of 1)" in text and "    50\n" in text
+
+
 def check_soak(settings, expected_faults):
     report = run(settings)
     text = format_report(report)

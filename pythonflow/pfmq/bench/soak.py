@@ -381,8 +381,9 @@ def run(settings: Settings) -> dict:
 
 def passed(report: dict) -> bool:
     """Whether the soak met its contract: nothing lost or duplicated, no other failure, the
-    schedule ran, and the broker saw the full pool at the end."""
+    schedule ran, the stream still flowed at the end and the broker saw the full pool."""
     consumer = report["consumer"]
     return (consumer["lost"] == 0 and consumer["duplicated"] == 0 and consumer["failed"] == 0
-            and consumer["error"] is None and report["chaos_error"] is None
+            and consumer["error"] is None and not consumer["stalled"]
+            and report["chaos_error"] is None
             and report["workers_end"] == report["workers_full"])

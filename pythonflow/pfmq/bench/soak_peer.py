@@ -16,8 +16,10 @@ The consumer and the observer run on hosts of their own (network namespaces, see
 from stdin: ``hang`` and ``leak BYTES`` mark the next request so, ``stop`` (or the end of stdin)
 ends the stream. It prints one JSON object per line: ``{"event": "serving"}`` at the first
 result, ``{"event": "progress", "done": n}`` about every second, and at the end
-``{"event": "report", ...}`` with the ledger's figures. ``observe`` answers each line of stdin
-with the broker's statistics as one line of JSON (``null`` when the broker does not answer).
+``{"event": "report", ...}`` with the ledger's figures (``stalled`` if no outcome came within
+``--grace`` seconds of the stop, and the stream was ended without one). ``observe`` answers each
+line of stdin with the broker's statistics as one line of JSON (``null`` when the broker does not
+answer).
 """
 import argparse
 import collections
@@ -134,7 +136,8 @@ def _emit(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
 
 
-def _read_commands(requests: Requests, stop: threading.Event) -> None:
+def _read_commands(requests: Requests, stop: threading.Event, stopped: threading.Event,
+                   task: Task, grace: float) -> None:
     for line in sys.stdin:
         words = line.split()
         if words[:1] == ["hang"]:
@@ -144,18 +147,21 @@ def _read_commands(requests: Requests, stop: threading.Event) -> None:
         elif words[:1] == ["stop"]:
             break
     stop.set()
+    if not stopped.wait(grace):  # no outcome for that long: the stream stalled; end it anyway
+        task.cancel(timeout=5)
 
 
 def consume(args: argparse.Namespace) -> int:
     """Run the consumer until told to stop; print its report (see the module docstring)."""
-    ledger, stop = Ledger(), threading.Event()
+    ledger, stop, stopped = Ledger(), threading.Event(), threading.Event()
     requests = Requests(ledger)
-    threading.Thread(target=_read_commands, args=(requests, stop), daemon=True).start()
     options = {"request_timeout": args.request_timeout} if args.request_timeout else {}
     task = Task(iter(requests), args.frontend, timeout=args.timeout,
                 num_retries=args.num_retries, heartbeat_interval=args.heartbeat_interval,
                 errors="return", **options)
-    started, error, next_progress = None, None, 0.0
+    threading.Thread(target=_read_commands, args=(requests, stop, stopped, task, args.grace),
+                     daemon=True).start()
+    started, error, next_progress, stalled = None, None, 0.0, True
     try:
         for outcome in task:
             ledger.record(outcome)
@@ -167,13 +173,15 @@ def consume(args: argparse.Namespace) -> int:
                 _emit(event="progress", done=ledger.done)
                 next_progress = now + 1.0
             if stop.is_set():
+                stalled = False  # an outcome came after the stop: the stream was flowing
                 break
     except Exception as exc:  # the stream ended early: the report says how
         error = f"{type(exc).__name__}: {exc}"
     finally:
+        stopped.set()
         task.cancel(timeout=5)
     seconds = time.monotonic() - started if started is not None else 0.0
-    _emit(event="report", seconds=seconds, error=error, leaks=requests.leaks,
+    _emit(event="report", seconds=seconds, error=error, leaks=requests.leaks, stalled=stalled,
           **ledger.figures())
     return 0 if error is None else 1
 
@@ -199,6 +207,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     consumer.add_argument("--num-retries", type=int, default=12)
     consumer.add_argument("--heartbeat-interval", type=float, default=0.25)
     consumer.add_argument("--request-timeout", type=float, default=None)
+    consumer.add_argument("--grace", type=float, default=10.0,
+                          help="seconds a stream may stay silent after stop before it is ended")
     observer = roles.add_parser("observe")
     observer.add_argument("frontend")
     args = parser.parse_args(argv)

@@ -44,6 +44,8 @@ def format_report(report: dict) -> str:
         lines.append(f"off ({', '.join(names)}): {reason}")
     for error in report["consumer"]["errors"]:
         lines.append(f"unexpected error: {error}")
+    if report["consumer"]["stalled"]:
+        lines.append("the stream stalled: no result came after the stop")
     for problem in (report["consumer"]["error"], report["chaos_error"]):
         if problem:
             lines.append(f"the run broke: {problem}")
