@@ -93,9 +93,10 @@ def test_the_verdict_fails_a_soak_that_lost_duplicated_broke_or_did_not_refill_t
 
 def test_the_table_has_every_figure_and_says_why_faults_were_off():
     text = format_report(clean_report())
-    for line in ("requests done  ", "rate, requests/s", "  worker SIGKILL", "  memory growth",
-                 "timed out (of requests made to hang)", "workers at the end / pool",
-                 "worker processes restarted", "off (memory growth): no --max-memory"):
+    for line in ("requests done  ", "rate, requests/s", "fault: worker SIGKILL",
+                 "fault: memory growth", "timed out (of requests made to hang)",
+                 "workers at the end / pool", "worker processes restarted",
+                 "off (memory growth): no --max-memory"):
         assert line in text, text
     assert "  4 / 4" in text and "1 (of 1)" in text and "    50\n" in text
 

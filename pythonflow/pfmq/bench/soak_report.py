@@ -20,8 +20,8 @@ def report_rows(report: dict) -> List[Tuple[str, str]]:
             ("requests done", str(consumer["done"])),
             ("rate, requests/s", f"{consumer['done'] / seconds:.0f}"),
             ("faults injected", str(sum(faults.values())))]
-    rows += [(f"  {name}", str(count)) for name, count in faults.items()]
-    rows += [(f"  {name}", "off") for name in report["unavailable"]]
+    rows += [(f"fault: {name}", str(count)) for name, count in faults.items()]
+    rows += [(f"fault: {name}", "off") for name in report["unavailable"]]
     rows += [("lost", str(consumer["lost"])), ("duplicated", str(consumer["duplicated"])),
              ("timed out (of requests made to hang)",
               f"{consumer['timed_out']} (of {consumer['hung']})"),
