@@ -4,7 +4,7 @@ import pytest
 
 from pythonflow.pfmq.bench import netns, soak_peer
 from pythonflow.pfmq.bench.soak import CUTS, Chaos, Fault, Settings, passed, run, unavailable_faults
-from pythonflow.pfmq.bench.soak_report import format_report
+from pythonflow.pfmq.bench.soak_report import build_parser, format_report
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -99,6 +99,17 @@ def test_the_table_has_every_figure_and_says_why_faults_were_off():
                  "off (memory growth): no --max-memory"):
         assert line in text, text
     assert "  4 / 4" in text and "1 (of 1)" in text and "    50\n" in text
+
+
+def test_fault_kinds_are_named_on_the_command_line_and_unknown_names_are_refused():
+    assert [Fault.named(fault.option) for fault in Fault] == list(Fault)
+    assert Fault.named("cut-broker-long") is Fault.CUT_BROKER_LONG
+    with pytest.raises(ValueError, match="no fault kind 'cut-everything'"):
+        Fault.named("cut-everything")
+    parser = build_parser()
+    assert parser.parse_args(["--faults", "hang,worker-kill"]).only == ["hang", "worker-kill"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--faults", "hang,bogus"])
 
 
 def check_soak(settings, expected_faults):

@@ -54,6 +54,20 @@ class Fault(enum.Enum):
     HANG = "hung transformation"  #: a request never ends; its deadline gives it up
     LEAK = "memory growth"  #: a worker keeps allocating; its memory limit recycles it
 
+    @property
+    def option(self) -> str:
+        """The kind's name on the command line: ``worker-kill``, ``cut-broker-long``, ..."""
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def named(cls, option: str) -> "Fault":
+        """The kind called ``option`` on the command line; ``ValueError`` naming it if none."""
+        for fault in cls:
+            if fault.option == option:
+                return fault
+        raise ValueError(f"no fault kind {option!r}; the kinds are "
+                         f"{', '.join(fault.option for fault in cls)}")
+
 
 #: The cuts: (the role of the host cut, whether longer than the heartbeat liveness window).
 CUTS = {Fault.CUT_WORKER_SHORT: ("worker", False), Fault.CUT_WORKER_LONG: ("worker", True),
@@ -77,6 +91,7 @@ class Settings:
     leak: int = 4 << 20  #: bytes a leaking worker keeps per request
     settle: float = 60.0  #: seconds the pool has to be full again at the end
     rounds: Optional[int] = None  #: end after this many rounds of the schedule, if sooner
+    only: Optional[List[str]] = None  #: names (:attr:`Fault.option`) of the only kinds to inject
 
     @property
     def workers(self) -> int:
@@ -343,7 +358,8 @@ def _sampling(cluster: Cluster, interval: float):
 def run(settings: Settings) -> dict:
     """Run the soak; return its report (see :func:`.soak_report.format_report`)."""
     missing = unavailable_faults(settings)
-    faults = [fault for fault in Fault if fault not in missing]
+    chosen = set(Fault) if settings.only is None else {Fault.named(n) for n in settings.only}
+    faults = [fault for fault in Fault if fault in chosen and fault not in missing]
     for fault, reason in missing.items():
         LOGGER.warning("soak without %s: %s", fault.value, reason)
     can_cut = not any(fault in missing for fault in CUTS)

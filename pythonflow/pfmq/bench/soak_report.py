@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from .soak import Settings, passed, run
+from .soak import Fault, Settings, passed, run
 
 
 def report_rows(report: dict) -> List[Tuple[str, str]]:
@@ -61,6 +61,19 @@ def _by_reason(unavailable: dict) -> dict:
     return grouped
 
 
+def _fault_names(text: str) -> List[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    try:
+        for name in names:
+            Fault.named(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected fault kinds such as worker-kill,hang, not "
+                                         f"{text!r}")
+    return names
+
+
 def _positive(kind):
     def parse(text: str):
         try:
@@ -95,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=_positive(int), default=None,
                         help="end after this many rounds of the schedule (each fault kind once, "
                         "worker kills twice) if that comes before --duration")
+    parser.add_argument("--faults", dest="only", type=_fault_names, default=None,
+                        metavar="KIND,...", help="inject only these kinds: "
+                        f"{', '.join(fault.option for fault in Fault)} (default: all)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="seed of the schedule (default: %(default)s)")
     parser.add_argument("--max-memory", default=defaults.max_memory,
