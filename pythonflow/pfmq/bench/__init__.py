@@ -19,7 +19,11 @@ a process by :mod:`~pythonflow.pfmq.bench.simulate`; its report and command line
 :mod:`~pythonflow.pfmq.bench.scale_report`.
 
 :mod:`~pythonflow.pfmq.bench.netns` puts processes on hosts of their own (network namespaces on
-a bridge) whose links can be cut, for the partition tests and the soak.
+a bridge) whose links can be cut, for the partition tests and the soak
+(``python benchmarks/soak.py``): :mod:`~pythonflow.pfmq.bench.soak` runs it, with its fault kinds
+and settings in :mod:`~pythonflow.pfmq.bench.soak_settings`, its processes and hosts in
+:mod:`~pythonflow.pfmq.bench.soak_hosts` and :mod:`~pythonflow.pfmq.bench.soak_peer`, its table
+and command line in :mod:`~pythonflow.pfmq.bench.soak_report`.
 """
 from .results import Row, format_table
 from .suite import WORKLOADS, main, run

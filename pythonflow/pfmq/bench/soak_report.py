@@ -75,7 +75,7 @@ def _fault_names(text: str) -> List[str]:
 
 
 def _positive(kind):
-    def parse(text: str):
+    def parse(text: str):  # argparse names the option in its message
         try:
             value = kind(text)
         except ValueError:
@@ -128,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     options = {field.name: getattr(args, field.name) for field in dataclasses.fields(Settings)}
 
-    def stop(signum, frame):
+    def stop(signum, frame):  # a signal handler
         raise SystemExit(f"soak: stopped by {signal.Signals(signum).name}")
 
     # SIGTERM (and SIGINT, which a background job ignores) end the run through its cleanup:
