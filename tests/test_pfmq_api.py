@@ -4,6 +4,7 @@ import inspect
 import itertools
 import threading
 import time
+import types
 
 import pytest
 import zmq
@@ -21,6 +22,10 @@ from pfmq_helpers import (  # noqa: F401 (broker_fixture provides the ``broker``
 from worker_process import make_graph
 
 from pythonflow import pfmq
+from pythonflow.pfmq import protocol
+from pythonflow.pfmq.jobs import Evaluator, read_job
+from pythonflow.pfmq.protocol import OK
+from pythonflow.pfmq.serialization import make_serializer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -183,10 +188,11 @@ def task_default(option: str):
 
 
 def read_ahead_bound(consumed: int, cache_size: int, capacity: int) -> int:
-    """The most requests a task may have taken from its iterator: those consumed, a full cache,
-    the jobs it keeps in flight (two per worker slot, plus one) and one batch read ahead, each
-    job a batch of at most ``max_batch`` requests."""
-    return consumed + cache_size + (2 * capacity + 2) * task_default("max_batch")
+    """The most requests a task may have taken from its iterator: those consumed, a full cache
+    (room for two batches' results at least), the jobs it keeps in flight (two per worker slot,
+    plus one) and one batch read ahead, each job a batch of at most ``max_batch`` requests."""
+    max_batch = task_default("max_batch")
+    return consumed + max(cache_size, 2 * max_batch) + (2 * capacity + 2) * max_batch
 
 
 @pytest.mark.parametrize("how", ["cancel", "del"])
@@ -315,6 +321,40 @@ def test_unpicklable_result_fails_alone(broker):
         with pytest.raises(pfmq.SerializationError, match="cannot be serialised"):
             broker.apply("lock")
         assert broker.apply("c") == "c"
+
+
+def test_graph_target_reads_every_kind_of_request_as_before():
+    target = pfmq.GraphTarget(lambda fetches, context: (fetches, context))
+    assert target({"fetches": "y", "context": {"x": 1}}) == ("y", {"x": 1})
+    # 'contexts' wins over 'context', in a dict as in any other mapping.
+    both = {"fetches": "y", "context": {"x": 1}, "contexts": [{"x": 2}, {"x": 3}]}
+    assert target(both) == [("y", {"x": 2}), ("y", {"x": 3})]
+    assert target(types.MappingProxyType(both)) == [("y", {"x": 2}), ("y", {"x": 3})]
+    assert target(types.MappingProxyType({"fetches": "z", "context": {}})) == ("z", {})
+    with pytest.raises(KeyError, match="no 'fetches'"):
+        target({"context": {"x": 1}})
+    with pytest.raises(KeyError, match="needs 'context'"):
+        target({"fetches": "y"})
+    with pytest.raises(TypeError, match="must be a dict.*list"):
+        target(["y", {}])
+
+
+def test_evaluator_counts_every_request_evaluated_failed_or_not():
+    wire = protocol.Wire(None)
+    serializer = make_serializer()
+    evaluator = Evaluator(serializer, wire)
+
+    def target(request):
+        if request == "bad":
+            raise ValueError(request)
+        return request
+
+    requests = ["a", "bad", "c"]
+    job = read_job((1, 0, 3, False, 0), [b"task", *serializer.encode(requests)])
+    kind, _, body = wire.unpack(evaluator.answer(target, job))
+    assert kind is protocol.Kind.DONE and evaluator.executed == 3
+    outcomes = serializer.decode(body[1:])
+    assert [outcome[0] for outcome in outcomes] == [OK, protocol.ERROR, OK]
 
 
 def test_non_callable_target(broker):

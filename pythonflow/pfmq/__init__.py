@@ -19,6 +19,7 @@ The library is the modules of this package, one concern each::
     serialization.py                pickle, callables and msgpack into frames (serializers.py:
                                     the msgpack serializer's first address)
     transport.py                    sockets: dealer, draining, wake-ups, rate-limited logs
+    shm.py                          large frames through shared memory on one host
     security.py, zap.py             keys, CurveZMQ, and the handler that lets clients in
     errors.py                       every exception, importing nothing of the package
     cluster.py, launch.py, cli.py   local clusters, worker processes, the pfmq command
@@ -38,6 +39,7 @@ from .errors import ProtocolError, RemoteError, SerializationError, WorkerDiedEr
 from .security import CurveClient, CurveServer
 from .serialization import CallableSerializer, PickleSerializer, Serializer
 from .serializers import MsgpackSerializer
+from .shm import SharedMemory
 from .supervisor import CrashLoopError
 from .task import Task, apply, query_status
 from .worker import GraphTarget, Worker
@@ -46,5 +48,5 @@ __all__ = [
     "Broker", "Worker", "GraphTarget", "Task", "apply", "query_status", "LocalCluster",
     "RemoteError", "WorkerDiedError", "ProtocolError", "SerializationError", "Serializer",
     "PickleSerializer", "CallableSerializer", "MsgpackSerializer", "CurveServer", "CurveClient",
-    "security", "serializers", "CrashLoopError",
+    "security", "serializers", "CrashLoopError", "SharedMemory",
 ]

@@ -6,7 +6,7 @@ import tempfile
 import uuid
 from typing import Any, List, Optional
 
-from . import launch
+from . import launch, shm
 from .broker import Broker
 from .supervisor import Supervisor, check_count
 
@@ -62,6 +62,11 @@ class LocalCluster:
         Logging level of the worker processes.
     crash_limit : int
         Deaths of a worker process during start-up in a row that end the cluster.
+    shared_memory : bool or SharedMemory, optional
+        Large arrays between this process and the workers go through shared memory instead of
+        the sockets (see :mod:`pythonflow.pfmq.shm`), both ways; on by default where the system
+        has it (Linux), since the workers are on this host. ``False`` turns it off, a
+        :class:`~pythonflow.pfmq.shm.SharedMemory` sets the size from which an array goes.
     **worker_options
         Keyword arguments for :class:`~pythonflow.pfmq.Worker`, such as ``prefetch``; a ``key``
         is given to the broker as well.
@@ -71,7 +76,7 @@ class LocalCluster:
                  address: Optional[str] = None, frontend_address: Optional[str] = None,
                  startup_timeout: float = 60.0, stop_timeout: float = 5.0,
                  broker_options: Optional[dict] = None, log_level: int = logging.WARNING,
-                 crash_limit: int = 3, **worker_options):
+                 crash_limit: int = 3, shared_memory: shm.Option = None, **worker_options):
         if num_workers is None:
             num_workers = launch.default_num_workers()
         self.num_workers = check_count(num_workers, "num_workers")
@@ -85,7 +90,11 @@ class LocalCluster:
         if "key" in worker_options:
             self.broker_options.setdefault("key", worker_options["key"])
         self.log_level = log_level
-        self.worker_options = worker_options
+        if shared_memory is None:
+            shared_memory = shm.available()
+        shm.resolve(shared_memory, None)  # a bad value fails here, not in every worker
+        self.shared_memory = shared_memory
+        self.worker_options = {**worker_options, "shared_memory": shared_memory}
         self.broker: Optional[Broker] = None
         self.supervisor: Optional[Supervisor] = None
         self._tempdir = None
@@ -178,11 +187,13 @@ class LocalCluster:
 
     def apply(self, request, **task_options) -> Any:
         """Evaluate one request on a worker (see :meth:`pythonflow.pfmq.Broker.apply`)."""
+        task_options.setdefault("shared_memory", self.shared_memory)
         return self._running_broker().apply(request, **task_options)
 
     def imap(self, requests, **task_options):
         """Evaluate requests on the workers (see :meth:`pythonflow.pfmq.Broker.imap`); with
         ``resume=task.state_dict()``, continue an earlier task over the same requests."""
+        task_options.setdefault("shared_memory", self.shared_memory)
         return self._running_broker().imap(requests, **task_options)
 
     def stats(self) -> dict:

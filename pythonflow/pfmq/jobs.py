@@ -61,7 +61,12 @@ class GraphTarget:
         self.graph = graph
 
     def __call__(self, request: Mapping) -> Any:
-        if not isinstance(request, Mapping):
+        if type(request) is dict:  # noqa: E721 - the common case, without the ABC check
+            fetches = request.get("fetches", _MISSING)
+            context = request.get("context", _MISSING)
+            if fetches is not _MISSING and context is not _MISSING and "contexts" not in request:
+                return self.graph(fetches, context)
+        elif not isinstance(request, Mapping):
             raise TypeError("a request must be a dict with 'fetches' and 'context' or "
                             f"'contexts', not {type(request).__name__}")
         if "fetches" not in request:
@@ -73,6 +78,9 @@ class GraphTarget:
             return self.graph(fetches, request["context"])
         raise KeyError("the request needs 'context' (for one result) or 'contexts' (for a list "
                        f"of results); its keys are {sorted(request)}")
+
+
+_MISSING = object()
 
 
 def stops_the_worker(exc: BaseException) -> bool:
@@ -192,23 +200,24 @@ class Evaluator:
 
     def _evaluate(self, target, requests, first_index, seed) -> List[tuple]:
         outcomes = []
+        append = outcomes.append  # bound once: this loop runs for every request
         for offset, request in enumerate(requests):
             if seed is not None:
                 seed_generators(seed, first_index + offset)
             try:
-                outcomes.append((OK, target(request)))
+                append((OK, target(request)))
             except Exception as exc:
-                outcomes.append((ERROR, exc, _remote_traceback(exc)))
+                append((ERROR, exc, _remote_traceback(exc)))
             except BaseException as exc:
                 if stops_the_worker(exc):
+                    self.executed += len(outcomes) + 1
                     raise
                 self._log.log(logging.WARNING, type(exc).__name__, "a request raised %r; it "
                               "fails alone and the worker keeps serving", exc)
                 # Not re-raised at the consumer (a SystemExit there would end the consumer):
                 # it gets a RemoteError carrying the traceback.
-                outcomes.append((ERROR, None, _remote_traceback(exc)))
-            finally:
-                self.executed += 1
+                append((ERROR, None, _remote_traceback(exc)))
+        self.executed += len(outcomes)  # once per job, not per request
         return outcomes
 
     def _encode(self, outcomes, max_message_size) -> list:

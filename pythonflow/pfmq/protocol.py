@@ -101,6 +101,25 @@ each one of ``(OK, value)``, ``(ERROR, exception, remote_traceback)`` or
 ``(SERIALIZATION_ERROR, message)``. ``DONE`` with status :data:`CANCELLED` has an empty payload
 (only its seal, when keyed): the worker skipped a job whose task was cancelled.
 
+Shared memory
+-------------
+Between peers on one host (see :mod:`pythonflow.pfmq.shm`), the large frames of a sealed payload
+may travel in a shared-memory segment instead of over the socket. The payload then starts with a
+*manifest* frame and lacks the frames that moved::
+
+    [manifest, frames that stayed, ...]        (the seal, when keyed, stays the last frame)
+
+``manifest`` is :data:`SHM_MAGIC`, then :data:`SHM_MANIFEST` (``host, pid, fd, inode, token,
+count``: the sender's host and pid namespace digest, its process id, the segment's descriptor
+number in that process and inode number, the token of this use of the segment, the number of
+frames that moved), then ``count`` times :data:`SHM_ENTRY` (``index, offset, length``: the
+frame's place in the payload, and where its bytes are in the segment's data, which starts at
+:data:`SHM_PAGE`). The segment's first page holds :data:`SHM_HEADER` (``magic, token, taken``):
+the receiver checks the magic and the token and writes the token into ``taken``. A payload's
+first frame never begins with :data:`SHM_MAGIC` otherwise (a pickle stream starts with ``0x80``,
+a msgpack payload with an array tag). The seal is made over the payload *before* frames move and
+checked after they are mapped back, so it covers the array bytes exactly as over a socket.
+
 Outcomes
 --------
 Beside the three codes that travel, a task makes two of its own: ``(WORKERS_DIED, reason)`` for a
@@ -120,11 +139,14 @@ from .errors import ProtocolError, RemoteError, SerializationError, WorkerDiedEr
 if TYPE_CHECKING:  # frames are duck-typed: the protocol needs no sockets
     import zmq
 
+    from .shm import Courier
+
 __all__ = [
     "VERSION", "SIGNATURE_SIZE", "ID_SIZE", "OK", "ERROR", "SERIALIZATION_ERROR", "WORKERS_DIED",
     "ITERATOR_FAILED", "COMPLETED", "CANCELLED", "Kind", "FIELDS", "MAX_JOB_REQUESTS",
     "REQUESTS", "OUTCOMES", "PAYLOAD_START", "BytesLike", "Frame", "Wire", "check_job",
-    "new_id", "pack_job_id", "unpack_job_id", "frame_buffer", "exception_for",
+    "new_id", "pack_job_id", "unpack_job_id", "frame_buffer", "exception_for", "SHM_MAGIC",
+    "SHM_MANIFEST", "SHM_ENTRY", "SHM_HEADER", "SHM_PAGE",
 ]
 
 #: What a frame to send may be; a received frame may also be a ``zmq.Frame``.
@@ -191,6 +213,13 @@ _STRUCTS = {kind: struct.Struct("!BB" + fmt) for kind, fmt in FIELDS.items()}
 _KINDS = {int(kind): kind for kind in Kind}  # a dict look-up is cheaper than calling the enum
 _JOB_ID = struct.Struct("!Q")
 
+#: Shared-memory frames (see "Shared memory" above): the manifest's first bytes, its fixed part,
+#: one entry per frame that moved, and the header at the start of every segment.
+SHM_MAGIC = b"\x00pfmq-shm-v1\x00\x00\x00\x00"  # 16 bytes
+SHM_MANIFEST = struct.Struct("!16sIiQ16sI")
+SHM_ENTRY = struct.Struct("!IQQ")
+SHM_HEADER = struct.Struct("!16s16s16s")
+SHM_PAGE = 4096  # segment data starts here; every frame's offset is a multiple of it
 
 #: The most requests one job may carry; larger claims are refused as malformed.
 MAX_JOB_REQUESTS = 1 << 16
@@ -243,14 +272,19 @@ class Wire:
         Shared secret. With a key every message is signed with HMAC-SHA256 and every message
         received must carry a valid signature; payloads are sealed by their origin (see
         :meth:`seal`) and opened by their final recipient (see :meth:`open`).
+    courier : pythonflow.pfmq.shm.Courier, optional
+        Moves the large frames of sealed payloads into shared memory and maps them back on
+        opening (see "Shared memory" above); the broker, which never opens payloads, has none.
     """
 
-    def __init__(self, key: Union[bytes, str, None] = None):
+    def __init__(self, key: Union[bytes, str, None] = None,
+                 courier: Optional["Courier"] = None):
         if isinstance(key, str):
             key = key.encode()
         if key is not None and not key:
             raise ValueError("the key must not be empty")
         self.key: Optional[bytes] = key
+        self.courier = courier
 
     def pack(self, kind: Kind, *fields: Union[int, float, bool], body: Sequence[Frame] = (),
              payload: Sequence[Frame] = ()) -> List[Frame]:
@@ -306,8 +340,10 @@ class Wire:
         untouched, so large payloads are not hashed on every hop.
         """
         if self.key is None:
-            return list(payload)
-        return [*payload, _mac(self.key, payload, purpose + _JOB_ID.pack(job_id))]
+            sealed = list(payload)
+        else:
+            sealed = [*payload, _mac(self.key, payload, purpose + _JOB_ID.pack(job_id))]
+        return sealed if self.courier is None else self.courier.pack(sealed)
 
     def open(self, sealed: Sequence[Frame], job_id: int, purpose: bytes) -> List[Frame]:
         """Return the payload frames of ``sealed`` after checking its seal, if keyed.
@@ -316,7 +352,11 @@ class Wire:
         ------
         ProtocolError
             If the seal is missing or does not match: the payload must not be deserialised.
+        SerializationError
+            If frames in shared memory cannot be mapped (see :mod:`pythonflow.pfmq.shm`).
         """
+        if self.courier is not None:
+            sealed = self.courier.unpack(sealed)
         if self.key is None:
             return list(sealed)
         if not sealed:

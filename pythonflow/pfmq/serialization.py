@@ -227,6 +227,8 @@ class MsgpackSerializer(Serializer):
             frames[0] = pack(obj)
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"msgpack cannot encode {type(obj).__name__}: {exc}") from exc
+        finally:
+            pack = None  # the closure refers to itself: a cycle would keep the frames alive
         return frames
 
     def _ext(self, value, frames, pack):
@@ -271,6 +273,10 @@ class MsgpackSerializer(Serializer):
             raise
         except Exception as exc:  # whatever malformed input makes msgpack or numpy raise
             raise SerializationError(f"cannot decode msgpack: {exc}") from exc
+        finally:
+            # The two closures refer to each other: left as a cycle they would keep the received
+            # buffers (shared memory a sender waits for) until the garbage collector runs.
+            ext_hook = unpack = None  # noqa: F841
 
     def _from_ext(self, code, data, buffers, unpack):
         if code == _TUPLE:

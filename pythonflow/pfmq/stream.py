@@ -7,11 +7,12 @@ Data flow::
                           I/O thread --results, in order--> outbox --> consumer (``for r in task``)
 
 The I/O thread reads the request iterator lazily and keeps about two jobs per worker slot in
-flight, so every worker stays busy; it stops reading while ``cache_size`` results wait for the
-consumer, so memory stays bounded however long (or infinite) the iterator is. An iterator that is
-not a plain walk over a container is read in a thread of its own (:mod:`.reader`), so that a slow
-one never delays the heartbeats. Cheap requests are batched into larger jobs (sized from the
-workers' measured time per request) so that per-message costs do not dominate.
+flight, so every worker stays busy; it stops reading while ``cache_size`` results (and at least
+two jobs' results) wait for the consumer, so memory stays bounded however long (or infinite) the
+iterator is. An iterator that is not a plain walk over a container is read in a thread of its own
+(:mod:`.reader`), so that a slow one never delays the heartbeats. Cheap requests are batched
+into larger jobs (sized from the workers' measured time per request) so that per-message costs do
+not dominate.
 
 It pings the broker every heartbeat interval. The broker's answer says how many of the task's
 jobs it holds; jobs the broker has lost (because it restarted, or forgot a task that was silent
@@ -38,23 +39,30 @@ from .liveness import Liveness
 from .protocol import ITERATOR_FAILED, SERIALIZATION_ERROR, WORKERS_DIED, Kind
 from .reader import reader_for, source_too_short
 from .security import key_hint
+from .shm import SegmentLost
 from .transport import RateLimitedLogger, Wakeup, dealer, handle_waiting
 
 LOGGER = logging.getLogger(__name__)
 
 
 class _Job:
-    __slots__ = ("first", "count", "frames", "epoch")
+    __slots__ = ("first", "count", "frames", "epoch", "lost")
 
     def __init__(self, first, count, frames, epoch):
         self.first = first
         self.count = count
         self.frames = frames
         self.epoch = epoch  # the number of pings sent before this job was last sent
+        self.lost = 0  # results of it that arrived in shared memory already let go
 
 
 class _Outbox:
-    """Results waiting for the consumer, in delivery order."""
+    """Results waiting for the consumer, in delivery order.
+
+    The I/O thread appends to :attr:`items` under the lock; the consumer moves everything there
+    is into a deque of its own at once and takes from that one without the lock, so a consumer
+    of tiny results pays for one lock (and at most one wait) per batch, not per result.
+    """
 
     def __init__(self):
         self.items = collections.deque()
@@ -62,6 +70,11 @@ class _Outbox:
         self.closed = False
         self.error = None
         self.waited = 0.0  # seconds get() spent waiting for an item: the consumer starved
+        self._taken = collections.deque()  # moved out of items; the consumer's alone
+
+    def __len__(self):
+        """How many results wait for the consumer."""
+        return len(self.items) + len(self._taken)
 
     def put(self, items):
         with self.changed:
@@ -76,6 +89,10 @@ class _Outbox:
 
     def get(self, timeout=None):
         """The next ``(index, outcome)``; raises ``StopIteration`` when done."""
+        try:
+            return self._taken.popleft()  # atomic: safe beside another consumer thread
+        except IndexError:
+            pass
         with self.changed:
             if not self.items and not self.closed:
                 # Timed only when there is nothing to take, so a fed consumer pays nothing.
@@ -85,7 +102,10 @@ class _Outbox:
                 if not ready:
                     raise TimeoutError(f"no result within {timeout} s")
             if self.items:
-                return self.items.popleft()
+                first = self.items.popleft()
+                self._taken.extend(self.items)
+                self.items.clear()
+                return first
             if self.error is not None:
                 raise self.error
             raise StopIteration
@@ -139,6 +159,8 @@ class Stream:
         self.incarnation = None
         self.seconds_per_request = None
         self.bytes_per_request = 0
+        self.result_bytes_per_request = 0
+        self.room = cache_size  # results that may wait before reading stops (see _submit_new_jobs)
         self.liveness = None  # the heartbeat clocks, set by run()
 
     # -- the loop --------------------------------------------------------------------------------
@@ -221,6 +243,7 @@ class Stream:
             except zmq.ZMQError:
                 pass
             self.sock.close(linger=100)
+        self.pending.clear()  # their frames keep request segments of shared memory lent
         self.reader.close()
         if self.wakeup is not None:
             self.wakeup.close()
@@ -242,13 +265,17 @@ class Stream:
 
     def _submit_new_jobs(self):
         while not self.exhausted and not self.cancelled:
-            if len(self.outbox.items) + len(self.held) >= self.cache_size:
+            count = self._batch_size()
+            # Room for two jobs' results at least: with a cache smaller than a batch, every
+            # result that came in would stop the reading until the consumer had nearly emptied
+            # the cache, and the workers would wait for it.
+            self.room = max(self.cache_size, 2 * count)
+            if len(self.outbox) + len(self.held) >= self.room:
                 self.waiting_for_consumer = True
                 return
             self.waiting_for_consumer = False
             if len(self.pending) >= 2 * max(self.capacity, 1) + 1:
                 return
-            count = self._batch_size()
             # While every worker slot has a job, a full batch is worth waiting for.
             least = count if len(self.pending) >= max(self.capacity, 1) else 1
             batch, done = self.reader.take(count, least)
@@ -273,7 +300,8 @@ class Stream:
         if self.seconds_per_request is None:
             return 1
         by_time = self.target_job_seconds / max(self.seconds_per_request, 1e-7)
-        by_size = (1 << 20) / max(self.bytes_per_request, 1)
+        # A job's requests and its results each fit in about a MiB.
+        by_size = (1 << 20) / max(self.bytes_per_request, self.result_bytes_per_request, 1)
         return int(max(1, min(self.max_batch, by_time, by_size)))
 
     def _submit_undelivered(self, first, requests):
@@ -340,14 +368,25 @@ class Stream:
         per_request = elapsed / job.count
         self.seconds_per_request = per_request if self.seconds_per_request is None else (
             0.8 * self.seconds_per_request + 0.2 * per_request)
+        self.result_bytes_per_request = sum(
+            memoryview(protocol.frame_buffer(frame)).nbytes for frame in body) / job.count
         try:
             payload = self.wire.open(body, job_id, protocol.OUTCOMES)
             outcomes = self.serializer.decode(payload)
             if not isinstance(outcomes, list) or len(outcomes) != job.count:
                 raise SerializationError(f"expected {job.count} outcomes")
+        except SegmentLost as exc:  # the worker died (or let it go) before we mapped it
+            if job.lost < self.num_retries:
+                job.lost += 1
+                LOGGER.info("the result of job %d is lost (%s); sending it again", job_id, exc)
+                self.pending[job_id] = job
+                self.in_flight += job.count
+                self._send_job(job_id, job)
+                return
+            outcomes = [(SERIALIZATION_ERROR, f"the result cannot be read: {exc}")] * job.count
         except (ProtocolError, SerializationError) as exc:
             outcomes = [(SERIALIZATION_ERROR, f"the result cannot be read: {exc}")] * job.count
-        self._deliver(list(zip(range(job.first, job.first + job.count), outcomes)))
+        self._deliver_run(job.first, outcomes)
 
     def _on_failed(self, job_id, reason):
         job = self.pending.pop(job_id, None)
@@ -381,6 +420,21 @@ class Stream:
             self.outbox.put(results)
             return
         self.held.update(results)
+        self._deliver_held()
+
+    def _deliver_run(self, first, outcomes):
+        """Deliver the outcomes of requests ``first``, ``first + 1``, ...: a job's results."""
+        if self.ordered and first != self.next_delivery:
+            self.held.update(zip(range(first, first + len(outcomes)), outcomes))
+            return
+        # In order, or unordered: straight to the outbox, with no detour through `held`.
+        self.outbox.put(zip(range(first, first + len(outcomes)), outcomes))
+        if self.ordered:
+            self.next_delivery += len(outcomes)
+            if self.held:
+                self._deliver_held()
+
+    def _deliver_held(self):
         ready = []
         while self.next_delivery in self.held:
             ready.append((self.next_delivery, self.held.pop(self.next_delivery)))

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional
 
 import zmq
 
-from . import position, protocol
+from . import position, protocol, shm
 from .errors import ProtocolError
 from .liveness import HEARTBEAT_INTERVAL
 from .protocol import ITERATOR_FAILED, OK, Kind, exception_for
@@ -48,8 +48,9 @@ class Task:
     num_retries : int
         Silent timeouts before ``TimeoutError``; ``max_retries`` is its Pythonflow 0.3 name.
     cache_size : int
-        Results held for the consumer before the task stops reading requests; ``max_results``
-        is its Pythonflow 0.3 name.
+        Results held for the consumer before the task stops reading requests, or two jobs'
+        results when cheap requests are batched into larger jobs (each job's results are kept
+        to about a MiB); ``max_results`` is its Pythonflow 0.3 name.
     ordered : bool
         Yield results in request order; else as they complete.
     errors : {'raise', 'skip', 'return'}
@@ -66,7 +67,12 @@ class Task:
     heartbeat_interval : float
         Seconds between pings to the broker.
     max_batch : int
-        Most requests sent in one job.
+        Most requests sent in one job. Jobs are sized from the workers' measured time per
+        request (about ``target_job_seconds`` of work each) and kept to about a MiB of requests
+        and of results; the bound of 1,024 lets tiny requests share the per-message costs of
+        broker, worker and task widely.
+    target_job_seconds : float
+        The seconds of work a job of several requests aims at.
     max_message_size : int, optional
         The broker's ``max_message_size`` (by default learned from its heartbeats): a request
         that would need a larger frame fails with :class:`~pythonflow.pfmq.SerializationError`
@@ -78,6 +84,11 @@ class Task:
     resume : dict, optional
         A :meth:`state_dict` of an earlier task over the same requests, with the same
         ``ordered`` and ``seed``: continue where its consumer stopped (see Notes).
+    shared_memory : bool or SharedMemory, optional
+        Send large request arrays through shared memory (see :mod:`pythonflow.pfmq.shm`): by
+        default when ``frontend_address`` is an ``ipc://`` address (on this host); ``False``
+        never, ``True`` or a :class:`~pythonflow.pfmq.shm.SharedMemory` with its ``threshold``
+        always. Results in shared memory are read whatever this says.
 
     Raises
     ------
@@ -106,10 +117,11 @@ class Task:
                  start: bool = True, timeout: float = 10, num_retries: int = 3,
                  cache_size: int = 64, ordered: bool = True, *, errors: str = "raise",
                  seed: Optional[int] = None, key=None, serializer=None, curve=None,
-                 heartbeat_interval: float = HEARTBEAT_INTERVAL, max_batch: int = 256,
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL, max_batch: int = 1024,
                  target_job_seconds: float = 0.005, max_message_size: Optional[int] = None,
                  context: Optional[zmq.Context] = None, max_retries: Optional[int] = None,
-                 max_results: Optional[int] = None, resume: Optional[dict] = None):
+                 max_results: Optional[int] = None, resume: Optional[dict] = None,
+                 shared_memory: shm.Option = None):
         num_retries = _renamed("num_retries", num_retries, 3, "max_retries", max_retries)
         cache_size = _renamed("cache_size", cache_size, 64, "max_results", max_results)
         if errors not in ERRORS:
@@ -135,9 +147,10 @@ class Task:
         self._started_at = self._count_delivered()
         self._failed = 0
         self._ended = None  # perf_counter() when the consumer reached the end of the stream
+        courier = shm.Courier(shm.resolve(shared_memory, frontend_address))
         self._io = Stream(
             requests, check_address(frontend_address), make_serializer(dumps, loads, serializer),
-            protocol.Wire(resolve_key(key)), context or zmq.Context.instance(), timeout,
+            protocol.Wire(resolve_key(key), courier), context or zmq.Context.instance(), timeout,
             num_retries, cache_size, ordered, seed, heartbeat_interval, max_batch,
             target_job_seconds, first, delivered)
         self._io.curve = curve
@@ -242,7 +255,7 @@ class Task:
         return {
             "delivered": delivered, "failed": self._failed,
             "results_per_second": delivered / elapsed if elapsed > 0 else 0.0,
-            "in_flight": io.in_flight, "cached": len(io.outbox.items), "requests_read": io.read,
+            "in_flight": io.in_flight, "cached": len(io.outbox), "requests_read": io.read,
             "waiting_seconds": io.outbox.waited, "elapsed_seconds": elapsed,
         }
 
@@ -267,8 +280,9 @@ class Task:
             except StopIteration:
                 self._ended = self._ended or time.perf_counter()  # the rate stays the stream's
                 raise
-            if self._io.waiting_for_consumer and self._io.wakeup is not None:
-                self._io.wakeup.set()
+            io = self._io
+            if io.waiting_for_consumer and io.wakeup is not None and len(io.outbox) < io.room:
+                io.wakeup.set()  # there is room again: the I/O thread reads on
             if outcome[0] == OK:
                 unordered = self._unordered  # _mark() inline: this is the hot path
                 if unordered is None:

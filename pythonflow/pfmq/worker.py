@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import zmq
 
-from . import protocol
+from . import protocol, shm
 from .connections import Heartbeat, Renewal, Session
 from .jobs import Evaluator, GraphTarget, seed_generators
 from .lifecycle import Lifecycle, Service, State
@@ -92,6 +92,11 @@ class Worker(Service):
         of being sent.
     context : zmq.Context, optional
         Defaults to the process-wide instance.
+    shared_memory : bool or SharedMemory, optional
+        Send large result arrays through shared memory (see :mod:`pythonflow.pfmq.shm`): by
+        default when ``address`` is an ``ipc://`` address (on this host); ``False`` never,
+        ``True`` or a :class:`~pythonflow.pfmq.shm.SharedMemory` with its ``threshold`` always.
+        Requests in shared memory are read whatever this says.
 
     """
 
@@ -104,7 +109,8 @@ class Worker(Service):
                  heartbeat_liveness: int = HEARTBEAT_LIVENESS, key: Optional[KeyLike] = None,
                  serializer: Union[Serializer, str, None] = None,
                  curve: Optional[CurveClient] = None, max_message_size: Optional[int] = None,
-                 context: Optional[zmq.Context] = None):
+                 context: Optional[zmq.Context] = None,
+                 shared_memory: shm.Option = None):
         if target is not None and not callable(target):
             raise TypeError(f"target must be callable, not {type(target).__name__}")
         self.target = target
@@ -123,7 +129,9 @@ class Worker(Service):
         self.max_message_size = max_message_size
         self.context = context or zmq.Context.instance()
         self.routing_id: Optional[bytes] = None  # of the work connection, while signed up
-        self._wire = protocol.Wire(self.key)
+        self.shared_memory = shared_memory
+        self._wire = protocol.Wire(self.key, courier=shm.Courier(
+            shm.resolve(shared_memory, self.address), handoff=True))
         self._log = RateLimitedLogger(LOGGER)
         self._evaluator = Evaluator(self.serializer, self._wire)
         self._wakeup = Wakeup()  # wakes the serving thread
@@ -269,6 +277,7 @@ class Worker(Service):
         if not callable(self.target):
             raise TypeError(f"the worker needs a callable target, not {self.target!r}")
         check_address(self.address)
+        self._wire.courier.settings = shm.resolve(self.shared_memory, self.address)
         if self.is_alive:
             raise RuntimeError("the worker is already running")
         if self._heartbeat_thread is not None:

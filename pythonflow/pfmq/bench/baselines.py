@@ -10,7 +10,10 @@ Worker processes come from the ``multiprocessing`` context the caller passes (th
 a fork server), so every function they run lives at module level.
 """
 import contextlib
+import os
 import pickle
+import shutil
+import tempfile
 import threading
 from typing import Callable, Iterator, List, Sequence, Tuple
 
@@ -52,17 +55,20 @@ def _rep_worker(address):
 # -- raw pyzmq ------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _raw_pipeline(mp_context, kind, workers) -> Iterator[Tuple[zmq.Socket, zmq.Socket]]:
+def _raw_pipeline(mp_context, kind, workers,
+                  transport="tcp") -> Iterator[Tuple[zmq.Socket, zmq.Socket]]:
     """PUSH -> ``workers`` processes (PULL, compute, PUSH) -> PULL; yields (push, pull)."""
     context = zmq.Context()
     push, pull = context.socket(zmq.PUSH), context.socket(zmq.PULL)
     monitors, addresses = [], []
     processes = Processes(mp_context)
+    directory = tempfile.mkdtemp(prefix="pfmq-raw-") if transport == "ipc" else None
     try:
-        for sock in (push, pull):
+        for name, sock in (("push", push), ("pull", pull)):
             sock.setsockopt(zmq.LINGER, 0)
             monitors.append(sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED))
-            sock.bind("tcp://127.0.0.1:*")
+            sock.bind(f"ipc://{os.path.join(directory, name)}" if directory else
+                      "tcp://127.0.0.1:*")
             addresses.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         for _ in range(workers):
             processes.start(_raw_worker, *addresses, kind)
@@ -86,6 +92,8 @@ def _raw_pipeline(mp_context, kind, workers) -> Iterator[Tuple[zmq.Socket, zmq.S
         for sock in (*monitors, push, pull):
             sock.close(linger=0)
         context.term()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _pump(push, pull, count, make, handle, window, copy):
@@ -99,7 +107,7 @@ def _pump(push, pull, count, make, handle, window, copy):
 
 
 def raw_pipeline_rate(mp_context, kind: str, workers: int, items: Sequence, expected: float,
-                      repeats: int, window: int, warmup: int) -> float:
+                      repeats: int, window: int, warmup: int, transport: str = "tcp") -> float:
     """Items per second of a raw pyzmq PUSH/PULL pipeline through ``workers`` processes.
 
     Parameters
@@ -117,6 +125,8 @@ def raw_pipeline_rate(mp_context, kind: str, workers: int, items: Sequence, expe
         At most this many messages unanswered.
     warmup : int
         How many of ``items`` to send once before timing.
+    transport : {'tcp', 'ipc'}
+        Loopback TCP, or ``ipc://`` sockets in a temporary directory.
     """
     if kind == "add_one":
         def make(item):
@@ -127,7 +137,7 @@ def raw_pipeline_rate(mp_context, kind: str, workers: int, items: Sequence, expe
         copy = False
     else:
         make, handle, copy = (lambda item: pickle.dumps(item, protocol=5)), pickle.loads, True
-    with _raw_pipeline(mp_context, kind, workers) as (push, pull):
+    with _raw_pipeline(mp_context, kind, workers, transport) as (push, pull):
         def run(items, tally):
             _pump(push, pull, len(items), lambda i: make(items[i]),
                   lambda message: tally(handle(message)), window, copy)

@@ -3,7 +3,9 @@
 Workloads
 ---------
 W1  tiny requests (``x / y``) on 2 worker processes: results per second.
-W2  8 MiB float32 arrays, the worker returns ``array + 1``: MB/s counting both directions.
+W2  8 MiB float32 arrays, the worker returns ``array + 1``: MB/s counting both directions; also
+    on a ``LocalCluster`` (``ipc://``) with shared memory and without, against raw pyzmq over
+    ``ipc://``.
 W3  requests that sleep 10 ms on 1, 2, 4 and 8 workers: throughput / ideal throughput.
 W4  sequential ``broker.apply`` calls: round-trip latency, p50 and p99.
 
@@ -34,6 +36,8 @@ import numpy as np
 import zmq
 
 from ..broker import Broker
+from ..cluster import LocalCluster
+from ..shm import available as shared_memory_available
 from ..worker import Worker
 from . import pf030
 from .baselines import pool_rates, pool_round_trips, raw_pipeline_rate, raw_round_trips
@@ -110,6 +114,18 @@ def _pfmq_run(broker, requests, tally):
         tally(result)
 
 
+def _local_cluster_rate(shared_memory, workers, items, expected, repeats):
+    """Items per second of :func:`add_one` on a ``LocalCluster`` (workers on ``ipc://``)."""
+    with LocalCluster(add_one, num_workers=workers, shared_memory=shared_memory) as cluster:
+        def run(items, tally):
+            for result in cluster.imap(items):
+                tally(result)
+
+        run(items[:4 * workers], Tally())  # warm-up
+        return best_rate(run, items, expected, f"LocalCluster, shared_memory={shared_memory}",
+                         repeats)
+
+
 def _pfmq_rate(mp_context, kind, workers, items, expected, repeats):
     with _pfmq_cluster(mp_context, kind, workers) as (broker, _):
         _pfmq_run(broker, items[:4 * workers], Tally())  # warm-up
@@ -156,9 +172,25 @@ def w2_large_arrays(mp_context, sizes: dict, options: dict) -> List[Row]:
                                  window=4 * WORKERS, warmup=2 * WORKERS) * to_mbps
     pool_rate, = pool_rates(mp_context, add_one, WORKERS, arrays, count, repeats,
                             warmup=WORKERS)
-    return compare("W2", "MB/s", pfmq, [("raw pyzmq zero-copy", raw_mbps),
-                                       ("Pool.imap chunksize=1", pool_rate * to_mbps)],
+    rows = compare("W2", "MB/s", pfmq, [("raw pyzmq zero-copy", raw_mbps),
+                                        ("Pool.imap chunksize=1", pool_rate * to_mbps)],
                    (">= 0.8x", lambda row: row.ratio >= 0.8))
+    return rows + _w2_local_cluster(mp_context, arrays, count, repeats, to_mbps)
+
+
+def _w2_local_cluster(mp_context, arrays, count, repeats, to_mbps) -> List[Row]:
+    """W2 on a ``LocalCluster`` (``ipc://``): shared memory and the sockets, to raw ``ipc://``."""
+    raw = raw_pipeline_rate(mp_context, "add_one", WORKERS, arrays, count, repeats,
+                            window=4 * WORKERS, warmup=2 * WORKERS, transport="ipc") * to_mbps
+    baseline = [("raw pyzmq zero-copy ipc", raw)]
+    rows = compare("W2", "MB/s (LocalCluster, sockets)",
+                   _local_cluster_rate(False, WORKERS, arrays, count, repeats) * to_mbps,
+                   baseline)
+    if shared_memory_available():
+        rows += compare("W2", "MB/s (pfmq shared memory)",
+                        _local_cluster_rate(True, WORKERS, arrays, count, repeats) * to_mbps,
+                        baseline, (">= 2.5x", lambda row: row.ratio >= 2.5))
+    return rows
 
 
 def w3_scaling(mp_context, sizes: dict, options: dict) -> List[Row]:
