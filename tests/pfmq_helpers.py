@@ -19,7 +19,8 @@ LOGGER = logging.getLogger(__name__)
 
 #: Heartbeats in tests are fast so that lost peers are noticed within a second.
 HEARTBEAT = 0.2
-WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_process.py")
+TESTS = os.path.dirname(os.path.abspath(__file__))
+WORKER_SCRIPT = os.path.join(TESTS, "worker_process.py")
 # Worker processes import the same pythonflow as the tests, wherever that is.
 PACKAGE_PARENT = os.path.dirname(os.path.abspath(list(pythonflow.__path__)[0]))
 
@@ -186,3 +187,38 @@ def pfmq_cli(*args: str) -> Tuple[List[str], dict]:
     env = {name: value for name, value in os.environ.items() if name != "PFMQ_KEY"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, env.get("PYTHONPATH")]))
     return [sys.executable, "-m", "pythonflow.pfmq", *args], env
+
+
+def pfmq_worker(*args: str, **popen_options) -> subprocess.Popen:
+    """``pfmq worker ARGS`` in a process of its own, able to import the modules of the tests."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, TESTS,
+                                                      env.get("PYTHONPATH")]))
+    return subprocess.Popen([sys.executable, "-m", "pythonflow.pfmq", "worker", *args], env=env,
+                            **popen_options)
+
+
+def worker_children(pid: int) -> List[int]:
+    """PIDs of the multiprocessing worker processes whose parent is ``pid`` (from /proc)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                parent = int(file.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                command = file.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and b"spawn_main" in command:  # not the resource tracker
+            children.append(int(entry))
+    return sorted(children)
+
+
+def end_worker_pool(pool: subprocess.Popen, log) -> str:
+    """End a ``pfmq worker --processes N`` process and any worker process it left, by PID;
+    return what it wrote to the file ``log``."""
+    for pid in worker_children(pool.pid):  # should there be any left
+        os.kill(pid, signal.SIGKILL)
+    end_process(pool)
+    log.seek(0)
+    return log.read()

@@ -10,7 +10,14 @@ import zmq
 
 from pythonflow.pfmq.errors import ProtocolError
 from pythonflow.pfmq.protocol import VERSION, Kind, Wire
-from pythonflow.pfmq.transport import RateLimitedLogger, Wakeup, check_address, handle_waiting
+from pythonflow.pfmq.transport import (
+    RateLimitedLogger,
+    Wakeup,
+    check_address,
+    handle_waiting,
+    receive,
+    send_frames,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,3 +141,28 @@ def test_handle_waiting_hands_over_good_messages_and_drops_the_rest_with_one_log
     assert all(line.startswith(f"dropped a message from {b'peer-one'.hex()[:8]}: ")
                for line in lines)
 
+
+
+def test_send_frames_and_receive_carry_whole_messages_and_forward_received_frames():
+    context = zmq.Context.instance()
+    address = f"inproc://transport-{uuid.uuid4().hex}"
+    router, client = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    try:
+        router.bind(address)
+        client.connect(address)
+        with pytest.raises(zmq.Again):
+            receive(router)  # nothing waits: the default does not block
+        big = bytearray(b"x" * 100_000)  # above pyzmq's copy threshold
+        send_frames(client, [b"header", memoryview(big), b""], copy=False)
+        send_frames(client, [b"one frame"])
+        assert router.poll(5000)
+        first = receive(router)
+        peer = first[0].bytes
+        assert [frame.bytes for frame in first[1:]] == [b"header", bytes(big), b""]
+        assert [frame.bytes for frame in receive(router)[1:]] == [b"one frame"]
+        send_frames(router, [peer, first[2], b"back"])  # a received frame goes on as it is
+        assert client.poll(5000)
+        assert [frame.bytes for frame in receive(client, 0)] == [bytes(big), b"back"]
+    finally:
+        router.close(linger=0)
+        client.close(linger=0)

@@ -9,10 +9,19 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import zmq
-from pfmq_helpers import PACKAGE_PARENT, end_process, running_broker, wait_until
+from pfmq_helpers import (
+    PACKAGE_PARENT,
+    end_process,
+    end_worker_pool,
+    pfmq_worker,
+    running_broker,
+    wait_until,
+    worker_children,
+)
 
 from pythonflow import pfmq
 from pythonflow.pfmq import launch, protocol
@@ -21,7 +30,6 @@ from pythonflow.pfmq.supervisor import CrashLoopError, SlotState, Supervisor, de
 
 pytestmark = pytest.mark.timeout(90)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 HEARTBEAT = 0.1
 #: Where crash_when_marked looks for the file that makes it crash (set per test).
 MARKER_VARIABLE = "PFMQ_TEST_CRASH_MARKER"
@@ -44,6 +52,16 @@ def crash_segfault():
     """A target factory that takes its worker process down with SIGSEGV."""
     print(LAST_WORDS, file=sys.stderr, flush=True)
     ctypes.string_at(0)
+
+
+def restart_when_marked(request):
+    """Double ``request``; but first, if the file named by ``MARKER_VARIABLE`` exists, remove it
+    and end this worker process with ``EXIT_RESTART``, as a worker passing its memory limit does."""
+    marker = os.environ[MARKER_VARIABLE]
+    if os.path.exists(marker):
+        os.remove(marker)
+        os._exit(launch.EXIT_RESTART)
+    return 2 * request
 
 
 def crash_when_marked():
@@ -151,6 +169,52 @@ def test_a_worker_that_gives_up_on_the_broker_is_not_restarted():
     assert supervisor.processes[0].exitcode == launch.EXIT_NO_BROKER
 
 
+def test_a_worker_exiting_to_be_replaced_starts_again_at_once(tmp_path, monkeypatch):
+    marker = tmp_path / "restart"
+    monkeypatch.setenv(MARKER_VARIABLE, str(marker))
+    with running_broker() as broker:
+        # A death would wait a minute for its replacement, and one more would end the pool.
+        supervisor = Supervisor(launch.pack_target(restart_when_marked), broker.backend_address,
+                                1, {"heartbeat_interval": 0.2}, crash_limit=1, backoff=60.0,
+                                max_backoff=60.0, stable_after=60.0)
+        supervisor.run_async()
+        try:
+            wait_until(lambda: supervisor.states == [SlotState.RUNNING], timeout=30,
+                       message="the first process serving")
+            (first,) = supervisor.pids
+            marker.touch()
+            with ThreadPoolExecutor(1) as pool:
+                result = pool.submit(broker.apply, 21)  # ends the first process
+                wait_until(lambda: (lambda p: p and p != [first] and p)(supervisor.pids),
+                           timeout=20, message="a process in place of the first")
+                assert result.result(timeout=30) == 42  # the request the first one left undone
+            slot = supervisor.slots[0]
+            assert (supervisor.restarts, supervisor.recycles, slot.deaths) == (1, 1, 0)
+            assert slot.startup_deaths == 0 and supervisor.error is None
+            assert supervisor.processes[0].pid != first and not marker.exists()
+        finally:
+            supervisor.stop(timeout=30)
+    assert supervisor.states == [SlotState.STOPPED]
+
+
+def test_waiting_for_workers_tells_the_pool_failure_that_stopped_the_broker():
+    asked = []
+
+    class StoppingBroker:
+        backend_address = "ipc://nowhere"
+
+        def stats(self):  # the pool failed meanwhile and cancelled the broker
+            asked.append(True)
+            raise TimeoutError("no answer from the broker at inproc://frontend in 5.0 s")
+
+    def check():
+        if asked:
+            raise CrashLoopError("worker 0 exited during start-up 1 times in a row")
+
+    with pytest.raises(CrashLoopError, match="worker 0 exited during start-up"):
+        launch.wait_for_workers(StoppingBroker(), 1, timeout=10, check=check)
+
+
 def test_a_pool_that_cannot_start_processes_fails_at_once(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
@@ -215,30 +279,6 @@ def test_describe_exit():
 # -- pfmq worker --processes N --------------------------------------------------------------------
 
 
-def pfmq_worker(*args, **popen_options):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, HERE,
-                                                      env.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-m", "pythonflow.pfmq", "worker", *args], env=env,
-                            **popen_options)
-
-
-def worker_children(pid):
-    """PIDs of the multiprocessing worker processes whose parent is ``pid`` (from /proc)."""
-    children = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as file:
-                parent = int(file.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as file:
-                command = file.read()
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == pid and b"spawn_main" in command:  # not the resource tracker
-            children.append(int(entry))
-    return sorted(children)
-
-
 def test_cli_worker_pool_replaces_a_killed_child(tmp_path):
     with running_broker(frontend_address="tcp://127.0.0.1:*") as broker:
         log = open(tmp_path / "worker.log", "w+")
@@ -264,11 +304,7 @@ def test_cli_worker_pool_replaces_a_killed_child(tmp_path):
             assert cli.wait(20) == 0
             assert worker_children(cli.pid) == []
         finally:
-            for pid in worker_children(cli.pid):  # should there be any left
-                os.kill(pid, signal.SIGKILL)
-            end_process(cli)
-            log.seek(0)
-            output = log.read()
+            output = end_worker_pool(cli, log)
             log.close()
     assert re.search(rf"worker \d: process {first[0]} killed by SIGKILL while serving", output)
     assert "Traceback" not in output, output

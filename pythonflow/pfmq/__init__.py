@@ -25,6 +25,7 @@ The library is the modules of this package, one concern each::
     cluster.py, launch.py, cli.py   local clusters, worker processes, the pfmq command
     status.py                       pfmq status and its --watch view
     supervisor.py                   replacing dead worker processes (CrashLoopError)
+    memory.py                       max_memory: sizes, resident memory, the check after each job
     torch.py                        the address of integrations.torch.IterableDataset
 
 Three sub-packages are built on it and not imported by it: :mod:`pythonflow.pfmq.demo` (the
@@ -35,7 +36,13 @@ such as ipyparallel, PyTorch).
 from . import security, serializers
 from .broker import Broker
 from .cluster import LocalCluster
-from .errors import ProtocolError, RemoteError, SerializationError, WorkerDiedError
+from .errors import (
+    MemoryLimitError,
+    ProtocolError,
+    RemoteError,
+    SerializationError,
+    WorkerDiedError,
+)
 from .security import CurveClient, CurveServer
 from .serialization import CallableSerializer, PickleSerializer, Serializer
 from .serializers import MsgpackSerializer
@@ -48,5 +55,5 @@ __all__ = [
     "Broker", "Worker", "GraphTarget", "Task", "apply", "query_status", "LocalCluster",
     "RemoteError", "WorkerDiedError", "ProtocolError", "SerializationError", "Serializer",
     "PickleSerializer", "CallableSerializer", "MsgpackSerializer", "CurveServer", "CurveClient",
-    "security", "serializers", "CrashLoopError", "SharedMemory",
+    "security", "serializers", "CrashLoopError", "SharedMemory", "MemoryLimitError",
 ]

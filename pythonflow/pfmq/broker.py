@@ -12,10 +12,14 @@ Data flow::
 One thread runs :meth:`Broker.run`: it polls both sockets, checks each message's header and
 signature, hands it to the :class:`~pythonflow.pfmq.scheduler.Scheduler` (which keeps the queues,
 the workers' credit and the heartbeats, and decides where each job goes) and sends what the
-scheduler decides. It never deserialises a payload; it reads headers and moves frames.
+scheduler decides. It never deserialises a payload; it reads headers and moves frames. While no
+job is open nothing a worker says is urgent, so the loop then reads the workers' side on a clock
+(:class:`~pythonflow.pfmq.liveness.BrokerClocks`), many heartbeats a wake-up, and wakes at once
+only for tasks.
 """
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -27,11 +31,11 @@ import zmq
 
 from . import protocol
 from .lifecycle import Service
-from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS, BrokerClocks
 from .protocol import Kind
 from .scheduler import Scheduler
 from .security import CurveServer, KeyLike, is_loopback, resolve_key
-from .transport import RateLimitedLogger, Wakeup, check_address, handle_waiting
+from .transport import RateLimitedLogger, Wakeup, check_address, handle_waiting, send_frames
 
 if TYPE_CHECKING:  # task.py imports the broker's peers, not the broker: imported when used
     from .task import Task
@@ -95,7 +99,7 @@ class Broker(Service):
         self.incarnation = int.from_bytes(os.urandom(8), "big") >> 1
         self._wire = protocol.Wire(self.key)
         self._log = RateLimitedLogger(LOGGER)
-        self._wakeup = Wakeup()
+        self._wakeup = None  # made by run(), closed when it ends: a broker never run holds none
         self._stopping = False
         self._thread = None
         self._running = threading.Event()
@@ -130,12 +134,14 @@ class Broker(Service):
         """Bind both sockets and serve in the calling thread until :meth:`cancel`."""
         frontend, backend = self._bind()
         self._loop_thread = threading.current_thread()  # stats() asks the loop from elsewhere
+        self._wakeup = Wakeup()
         try:
             self._running.set()  # before run_async returns, so that apply() finds it running
             getattr(self, "_on_bound", lambda: None)()
             self._serve(frontend, backend)
         finally:
             self._running.clear()
+            self._wakeup.close()  # a cancel() still to come writes to it in vain, harmlessly
             frontend.close(linger=0)
             backend.close(linger=0)
 
@@ -170,7 +176,8 @@ class Broker(Service):
     def cancel(self, timeout: Optional[float] = None) -> None:
         """Stop serving and wait up to ``timeout`` seconds for the loop to end."""
         self._stopping = True
-        self._wakeup.set()
+        if self._wakeup is not None:  # else the loop has not begun, and sees _stopping first
+            self._wakeup.set()
         self._join(timeout)
 
     def _bind(self):
@@ -208,35 +215,42 @@ class Broker(Service):
 
     def _serve(self, frontend, backend):
         self.frontend, self.backend = frontend, backend
-        poller = zmq.Poller()
-        poller.register(frontend, zmq.POLLIN)
-        poller.register(backend, zmq.POLLIN)
-        poller.register(self._wakeup, zmq.POLLIN)
-        next_check = time.monotonic() + self.heartbeat_interval
+        # With no job open, the workers' messages wait for the clock (see BrokerClocks).
+        working, quiet = zmq.Poller(), zmq.Poller()
+        for poller in (working, quiet):
+            poller.register(frontend, zmq.POLLIN)
+            poller.register(self._wakeup, zmq.POLLIN)
+        working.register(backend, zmq.POLLIN)
+        clocks = BrokerClocks(self.heartbeat_interval, time.monotonic())
         while not self._stopping:
-            timeout = max(0.0, next_check - time.monotonic())
-            events = dict(poller.poll(timeout * 1000))
+            is_quiet = not self.scheduler.open_jobs
+            wait = clocks.wait(time.monotonic(), is_quiet)
+            # Whole milliseconds, rounded up: pyzmq truncates, and a poll of 0 ms spins.
+            events = dict((quiet if is_quiet else working).poll(math.ceil(wait * 1000)))
             now = self.scheduler.now = time.monotonic()
             if frontend in events:
                 self._drain(frontend, self._on_task_message)
-            if backend in events:
-                self._drain(backend, self.scheduler.on_worker_message)
+            if backend in events or (is_quiet and clocks.read_due(now)):
+                emptied = self._drain(backend, self.scheduler.on_worker_message) < _DRAIN
+                clocks.read(now, emptied, self.scheduler.shortest_interval)
             self.scheduler.dispatch()
-            if now >= next_check:
+            if clocks.check_due(now):
                 self.scheduler.expire_silent_peers()
-                next_check = now + self.heartbeat_interval
             self._wakeup.clear_if_woken(events)
 
     def _on_task_message(self, task_id, kind, fields, body):
         if kind is Kind.STATUS:  # a status query, not a task
+            # The workers' messages may wait for the quiet clock: read them, so that the figures
+            # count a worker that has just signed up or left.
+            self._drain(self.backend, self.scheduler.on_worker_message)
             self._send_to_task(task_id, Kind.STATUS_REPLY,
                                body=[json.dumps(self.scheduler.stats()).encode()])
         else:
             self.scheduler.on_task_message(task_id, kind, fields, body)
 
-    def _drain(self, sock, handle):
-        handle_waiting(sock, self._wire, handle, self._log, routed=True, limit=_DRAIN,
-                       on_drop=self._count_dropped)
+    def _drain(self, sock, handle) -> int:
+        return handle_waiting(sock, self._wire, handle, self._log, routed=True, limit=_DRAIN,
+                              on_drop=self._count_dropped)
 
     def _count_dropped(self, exc: Exception) -> None:
         self.scheduler.counters["dropped"] += 1
@@ -246,8 +260,9 @@ class Broker(Service):
     def _send(self, sock, peer, kind, *fields, body=(), payload=()):
         """Send to a peer; returns False when the peer is gone."""
         try:
-            sock.send_multipart([peer, *self._wire.pack(kind, *fields, body=body,
-                                                        payload=payload)], copy=False)
+            # Received frames (payloads) go on without a copy; the small new ones are copied,
+            # which costs less than wrapping them in zmq.Frame objects.
+            send_frames(sock, [peer, *self._wire.pack(kind, *fields, body=body, payload=payload)])
             return True
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:

@@ -16,6 +16,7 @@ from typing import List, Optional
 import zmq
 
 from . import launch
+from .memory import parse_size
 from .security import resolve_key
 from .transport import check_address
 
@@ -191,12 +192,17 @@ def run_worker(args) -> int:
     if args.prefetch < 0:
         raise UsageError(f"--prefetch must be at least 0, not {args.prefetch}")
     try:
+        max_memory = None if args.max_memory is None else parse_size(args.max_memory,
+                                                                      "--max-memory")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
         spec = launch.pack_target(args.reference)
     except Exception as exc:  # whatever importing the user's module raised
         raise UsageError(f"cannot load {args.reference!r}: {exc}") from None
     options = {"prefetch": args.prefetch, "timeout": args.timeout,
                "num_retries": args.num_retries, "heartbeat_interval": args.heartbeat_interval,
-               "key": _read_key(args), "curve": _curve_client(args)}
+               "key": _read_key(args), "curve": _curve_client(args), "max_memory": max_memory}
     if args.serializer:
         options["serializer"] = args.serializer
     if args.processes is None:
@@ -215,7 +221,10 @@ def run_worker(args) -> int:
     except CrashLoopError as exc:
         print(f"pfmq worker: error: {exc}", file=sys.stderr)
         return 1
-    return 0 if all(p.exitcode == 0 for p in pool.processes) else 1
+    # Stopped on request: also a process that our SIGTERM met before its handler was installed,
+    # and one that had just exited to be replaced (after passing --max-memory).
+    clean = (0, -signal.SIGTERM, launch.EXIT_RESTART)
+    return 0 if all(p.exitcode in clean for p in pool.processes) else 1
 
 
 def run_status(args) -> int:
@@ -333,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="give up after N silent timeouts (default: wait for the broker)")
     worker.add_argument("--serializer", default=None,
                         help="serializer name, e.g. msgpack (default: pickle)")
+    worker.add_argument("--max-memory", default=None, metavar="SIZE",
+                        help="resident memory (bytes, or e.g. 500MB, 2GiB) past which a worker "
+                        "finishes its request, hands back its prefetched ones and exits with "
+                        f"status {launch.EXIT_RESTART}: replaced at once with --processes "
+                        "(default: no limit)")
 
     broker.add_argument("--insecure", action="store_true",
                         help="allow binding a non-loopback address without a key or CURVE")

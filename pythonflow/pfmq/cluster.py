@@ -8,6 +8,7 @@ from typing import Any, List, Optional
 
 from . import launch, shm
 from .broker import Broker
+from .memory import parse_size
 from .supervisor import Supervisor, check_count
 
 LOGGER = logging.getLogger(__name__)
@@ -69,7 +70,9 @@ class LocalCluster:
         :class:`~pythonflow.pfmq.shm.SharedMemory` sets the size from which an array goes.
     **worker_options
         Keyword arguments for :class:`~pythonflow.pfmq.Worker`, such as ``prefetch``; a ``key``
-        is given to the broker as well.
+        is given to the broker as well. With ``max_memory`` (bytes, or a size such as
+        ``"2GiB"``), a worker process whose resident memory passes it after a request hands its
+        prefetched jobs back, exits and is replaced at once (see :attr:`recycles`).
     """
 
     def __init__(self, graph: Any, num_workers: Optional[int] = None, *,
@@ -90,6 +93,8 @@ class LocalCluster:
         if "key" in worker_options:
             self.broker_options.setdefault("key", worker_options["key"])
         self.log_level = log_level
+        if worker_options.get("max_memory") is not None:  # a mistake is told here, not in a worker
+            worker_options["max_memory"] = parse_size(worker_options["max_memory"])
         if shared_memory is None:
             shared_memory = shm.available()
         shm.resolve(shared_memory, None)  # a bad value fails here, not in every worker
@@ -111,8 +116,13 @@ class LocalCluster:
 
     @property
     def restarts(self) -> int:
-        """Worker processes started in place of ones that died."""
+        """Worker processes started in place of ones that died or were recycled."""
         return self.supervisor.restarts if self.supervisor is not None else 0
+
+    @property
+    def recycles(self) -> int:
+        """Worker processes replaced because they passed ``max_memory``."""
+        return self.supervisor.recycles if self.supervisor is not None else 0
 
     def start(self) -> "LocalCluster":
         """Start the broker and the workers; returns once every worker has registered.

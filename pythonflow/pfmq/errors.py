@@ -6,13 +6,15 @@
     RuntimeError <- SerializationError   an object that cannot be encoded or decoded (serialization)
     RuntimeError <- RemoteError          a request that failed on a worker (raised at the task)
                     <- WorkerDiedError   every worker that ran the request died running it
+RuntimeError <- MemoryLimitError     a worker passed its max_memory and stopped (worker.error)
 
 Which outcome of a request stands for which of them is decided by
 :func:`pythonflow.pfmq.protocol.exception_for`, beside the outcome codes.
 """
 from typing import Optional
 
-__all__ = ["ProtocolError", "SerializationError", "RemoteError", "WorkerDiedError"]
+__all__ = ["ProtocolError", "SerializationError", "RemoteError", "WorkerDiedError",
+           "MemoryLimitError"]
 
 
 class ProtocolError(ValueError):
@@ -45,3 +47,25 @@ class RemoteError(RuntimeError):
 
 class WorkerDiedError(RemoteError):
     """Every worker that ran a request died while running it."""
+
+
+class MemoryLimitError(RuntimeError):
+    """A worker's process held more resident memory than its ``max_memory`` after a request.
+
+    The worker delivered that request, handed the jobs it had prefetched back to the broker and
+    stopped; this is its :attr:`~pythonflow.pfmq.Worker.error`. A worker process exits with
+    ``pythonflow.pfmq.launch.EXIT_RESTART`` then, to be replaced.
+
+    Parameters
+    ----------
+    resident : int
+        Bytes the process held.
+    limit : int
+        Its ``max_memory`` in bytes.
+    """
+
+    def __init__(self, resident: int, limit: int):
+        super().__init__(f"the worker process held {resident / 2 ** 20:.1f} MiB of resident "
+                         f"memory, above its max_memory of {limit / 2 ** 20:.1f} MiB")
+        self.resident = resident
+        self.limit = limit

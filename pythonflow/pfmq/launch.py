@@ -29,6 +29,8 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Tuple
 
+from .errors import MemoryLimitError
+
 LOGGER = logging.getLogger(__name__)
 
 #: What travels to a worker process: ``("reference", "package.module:name")`` or
@@ -139,6 +141,9 @@ EXIT_NO_BROKER = 75  # EX_TEMPFAIL of sysexits.h
 #: counting a death or backing off.
 EXIT_RESTART = 79
 
+#: Why a worker stops that make its process exit with :data:`EXIT_RESTART`.
+RESTART_REASONS = (MemoryLimitError,)
+
 
 def serve(spec: TargetSpec, address: str, worker_options: Optional[dict] = None,
           log_level: int = logging.WARNING, watch_parent: bool = False,
@@ -149,8 +154,9 @@ def serve(spec: TargetSpec, address: str, worker_options: Optional[dict] = None,
     serving: a supervisor counts a process that dies before then as one that cannot start.
 
     Returns the exit status for the process: 0 after a requested stop, :data:`EXIT_NO_BROKER`
-    after giving up waiting for the broker, 1 after another error, which is reported in one line
-    on stderr.
+    after giving up waiting for the broker, :data:`EXIT_RESTART` after stopping for one of the
+    :data:`RESTART_REASONS` (passing ``max_memory``), 1 after another error, which is reported
+    in one line on stderr.
     """
     from .worker import Worker
 
@@ -180,10 +186,27 @@ def serve(spec: TargetSpec, address: str, worker_options: Optional[dict] = None,
         error = exc
     else:
         error = worker.error  # where run() returns when the worker gave up waiting for a broker
+    _let_last_messages_out(worker)
     if error is None:
         return 0
+    if isinstance(error, RESTART_REASONS):  # logged by the worker; to be replaced, not an error
+        return EXIT_RESTART
     print(f"pfmq worker: error: {error}", file=sys.stderr)
     return EXIT_NO_BROKER if isinstance(error, TimeoutError) else 1
+
+
+def _let_last_messages_out(worker, timeout: float = 2.0) -> None:
+    """Wait (a while) for ZeroMQ to send the worker's last messages before the process exits.
+
+    Closing a socket only queues what it holds; a process that exits at once may lose its last
+    results, the jobs it hands back and its goodbye, and the broker would then run those
+    requests again elsewhere. Terminating the context waits for them (up to the sockets'
+    linger); a socket the target left open would make it wait for ever, hence the bound.
+    """
+    worker.join(timeout)  # the heartbeat thread closes its socket on its way out
+    ending = threading.Thread(target=worker.context.term, name="pfmq-flush", daemon=True)
+    ending.start()
+    ending.join(timeout)
 
 
 def _process_main(spec, address, worker_options, log_level, ready=None, log=None):
@@ -281,7 +304,12 @@ def wait_for_workers(broker, count: int, timeout: float = 60.0,
     while True:
         if check is not None:
             check()
-        registered = broker.stats()["workers"]
+        try:
+            registered = broker.stats()["workers"]
+        except (TimeoutError, RuntimeError):
+            if check is not None:
+                check()  # a pool that failed stops the broker, which then cannot answer: say why
+            raise
         if registered >= count:
             return
         remaining = deadline - time.monotonic()

@@ -11,16 +11,19 @@ Data flow of one connection's clocks (a :class:`Liveness`)::
 
 A worker's heartbeat thread (:class:`~pythonflow.pfmq.connections.Heartbeat`) uses all of it; a
 task's I/O loop needs the pings and the retries only. The broker's side of heartbeats (when it
-presumes a peer gone) is the scheduler's.
+presumes a peer gone) is the scheduler's; when its loop looks, :class:`BrokerClocks`.
 """
 import time
 from typing import Optional
 
-__all__ = ["HEARTBEAT_INTERVAL", "HEARTBEAT_LIVENESS", "Liveness"]
+__all__ = ["HEARTBEAT_INTERVAL", "HEARTBEAT_LIVENESS", "QUIET_SHARE", "Liveness", "BrokerClocks"]
 
 #: Seconds between heartbeats, and how many may be missed before a peer is presumed dead.
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_LIVENESS = 3
+#: While the broker has no job open, it reads its workers' messages (heartbeats, sign-ups) every
+#: this share of the heartbeat interval instead of waking for each one.
+QUIET_SHARE = 0.1
 
 
 class Liveness:
@@ -114,3 +117,50 @@ class Liveness:
     def silence(self) -> float:
         """The seconds of silence counted so far, for messages."""
         return self.timeout * self.silent_timeouts
+
+
+class BrokerClocks:
+    """When the broker's loop looks for silent peers, and when it reads its workers while quiet.
+
+    With no job open nothing a worker says is urgent: its heartbeats, sign-ups and reports can
+    wait for a fraction of the heartbeat interval (:data:`QUIET_SHARE`), and a thousand workers'
+    heartbeats are then read in a few wake-ups a second instead of one wake-up each. With a job
+    open the loop reads the workers as their messages come.
+
+    Parameters
+    ----------
+    interval : float
+        The broker's heartbeat interval, in seconds.
+    now : float
+        The time the clocks start at (``time.monotonic()``).
+    """
+
+    def __init__(self, interval: float, now: float):
+        self.interval = interval
+        self.quiet = interval * QUIET_SHARE
+        self.next_check = now + interval  # for silent peers
+        self.next_read = now  # of the workers' messages, while quiet
+
+    def wait(self, now: float, quiet: bool) -> float:
+        """Seconds the loop may wait for messages before one of its clocks is due."""
+        due = min(self.next_check, self.next_read) if quiet else self.next_check
+        return max(0.0, due - now)
+
+    def read_due(self, now: float) -> bool:
+        """Whether the workers' messages are due to be read, while quiet."""
+        return now >= self.next_read
+
+    def read(self, now: float, emptied: bool, shortest: Optional[float] = None) -> None:
+        """The workers' messages were read; unless some were left (``emptied`` false), the next
+        quiet read is a fraction of the interval away: of ``shortest``, the shortest heartbeat
+        interval of the workers, if that is shorter than the broker's (they must not wait
+        long for their answers)."""
+        quiet = self.quiet if shortest is None else min(self.quiet, shortest * QUIET_SHARE)
+        self.next_read = now + quiet if emptied else now
+
+    def check_due(self, now: float) -> bool:
+        """Whether to look for silent peers now; if so, the next look is an interval away."""
+        if now < self.next_check:
+            return False
+        self.next_check = now + self.interval
+        return True

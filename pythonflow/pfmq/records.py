@@ -10,17 +10,18 @@ A job's life at the broker (:class:`JobState`)::
 A QUEUED job waits in its task's queue, or in the scheduler's isolated queue once a worker died
 holding it with others (see :mod:`pythonflow.pfmq.scheduler`). A SETTLED job is left wherever it
 is queued and skipped when reached; later results for it are dropped, so the consumer sees each
-result once.
+result once. A :class:`CreditIndex` groups the workers by their free credit, so that the one with
+the most is found without a scan.
 """
 import collections
 import enum
-from typing import Dict, Optional, Set, Tuple
+from typing import Callable, Dict, Optional, Set, Tuple
 
 #: How a worker's record names a job it holds: ``(task id, job id)``.
 JobKey = Tuple[bytes, int]
 
 __all__ = ["JobState", "JobRecord", "TaskRecord", "WorkerRecord", "JobKey", "MAX_SLOTS",
-           "SupervisorRecord"]
+           "SupervisorRecord", "CreditIndex"]
 
 #: The most request slots a worker is believed to have.
 MAX_SLOTS = 1024
@@ -126,3 +127,50 @@ class SupervisorRecord:
         self.figures = {}  # of the last REPORT: slots, running, restarts
         self.last_seen = 0.0
         self.lapse = 0.0
+
+
+class CreditIndex:
+    """The workers with free credit, grouped by how much, so that the one with the most is found
+    without looking at every worker.
+
+    Every change of a worker's credit goes through :meth:`set` (or :meth:`discard` when the
+    worker is forgotten). Among workers with equal credit, the one whose credit changed least
+    recently comes first, so that equal workers take turns.
+    """
+
+    def __init__(self):
+        self._groups: Dict[int, Dict[bytes, WorkerRecord]] = {}  # credit -> workers, in turn
+        self._most = 0  # no group above this one
+
+    def set(self, worker: WorkerRecord, credit: int) -> None:
+        """Give ``worker`` ``credit`` free slots (and its place among the workers with as many)."""
+        self.discard(worker)
+        worker.credit = credit
+        if credit > 0:
+            self._groups.setdefault(credit, {})[worker.id] = worker
+            self._most = max(self._most, credit)
+
+    def discard(self, worker: WorkerRecord) -> None:
+        """Take ``worker`` out of the index; its credit is left as it was."""
+        group = self._groups.get(worker.credit)
+        if group is not None and group.pop(worker.id, None) is not None and not group:
+            del self._groups[worker.credit]
+
+    def most(self, eligible: Callable[[WorkerRecord], bool]) -> Optional[WorkerRecord]:
+        """The first ``eligible`` worker of those with the most credit, or None."""
+        while self._most > 0 and self._most not in self._groups:
+            self._most -= 1
+        # Few workers are ever ineligible (reserved, or running an isolated job), so the group
+        # with the most credit almost always answers; the others are sorted only when it does not.
+        best = self._most and _first(self._groups[self._most], eligible)
+        if best:
+            return best
+        for credit in sorted(self._groups, reverse=True)[1:]:
+            best = _first(self._groups[credit], eligible)
+            if best:
+                return best
+        return None
+
+
+def _first(group: Dict[bytes, WorkerRecord], eligible: Callable[[WorkerRecord], bool]):
+    return next((worker for worker in group.values() if eligible(worker)), None)

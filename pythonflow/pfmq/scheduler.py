@@ -17,7 +17,9 @@ goes from QUEUED to HELD to SETTLED, and back to QUEUED when its worker dies, le
 it (see :class:`~pythonflow.pfmq.records.JobState`).
 
 Tasks take turns (round robin), so a long ``imap`` does not starve a concurrent ``apply``; each
-job goes to the worker with the most free credit.
+job goes to the worker with the most free credit, found in a
+:class:`~pythonflow.pfmq.records.CreditIndex` without looking at every worker (workers with
+equal credit take turns).
 
 A worker that stops sending heartbeats is presumed dead, and the jobs it held are sent again.
 Which of them killed it is known only when it held one job and nothing else: a worker that dies
@@ -43,7 +45,15 @@ from typing import Callable, List, Optional
 from . import protocol
 from .errors import ProtocolError
 from .protocol import COMPLETED, Frame, Kind
-from .records import MAX_SLOTS, JobRecord, JobState, SupervisorRecord, TaskRecord, WorkerRecord
+from .records import (
+    MAX_SLOTS,
+    CreditIndex,
+    JobRecord,
+    JobState,
+    SupervisorRecord,
+    TaskRecord,
+    WorkerRecord,
+)
 
 __all__ = ["Scheduler", "MAX_PEER_INTERVAL"]
 
@@ -78,6 +88,11 @@ class Scheduler:
     ----------
     capacity : int
         Requests all workers can hold at once, kept up to date as workers come and go.
+    open_jobs : int
+        Jobs of all tasks QUEUED or HELD, kept up to date likewise.
+    shortest_interval : float
+        Seconds: the shortest heartbeat interval of the broker and its workers (as of the last
+        look for silent peers, or shorter since).
     """
 
     def __init__(self, send_to_task: Callable[..., bool], send_to_worker: Callable[..., bool],
@@ -93,6 +108,9 @@ class Scheduler:
         self.workers = {}
         self.supervisors = {}  # peer id -> the last REPORT of a supervisor of worker processes
         self.capacity = 0
+        self.open_jobs = 0  # jobs of all tasks QUEUED or HELD, kept up to date as jobs come and go
+        self.shortest_interval = heartbeat_interval  # of the workers' heartbeats and the broker's
+        self._credit = CreditIndex()  # the workers with free credit, by how much
         # Tasks with QUEUED jobs, in turn; a dict for removal by id in constant time.
         self.ready_tasks = collections.OrderedDict()
         self.isolated = collections.deque()  # QUEUED jobs for a worker holding nothing else
@@ -127,6 +145,7 @@ class Scheduler:
         task = self._heard_from_task(task_id)
         if fields[0] not in task.pending:  # a resent job the broker still has is ignored
             job = task.pending[fields[0]] = JobRecord(task_id, fields, body)
+            self.open_jobs += 1
             self._enqueue(task, job)
 
     def _on_task_ping(self, task_id, fields, body):
@@ -178,6 +197,7 @@ class Scheduler:
         for worker_id in holders:
             self._send_to_worker(worker_id, Kind.REVOKE, body=[task.id])
         self.counters["cancelled"] += len(task.pending)
+        self.open_jobs -= len(task.pending)
         task.pending.clear()
         task.queue.clear()
         self.ready_tasks.pop(task.id, None)  # else dispatch() would pop from its empty queue
@@ -188,6 +208,7 @@ class Scheduler:
         job = task and task.pending.pop(job_id, None)
         if job is None:
             return None
+        self.open_jobs -= 1
         holder = self.workers.get(job.holder) if job.state is JobState.HELD else None
         if holder is not None:
             holder.revoke(job.key)  # answered elsewhere; its DONE still frees a slot
@@ -230,14 +251,15 @@ class Scheduler:
                 worker_id, 0, credit, self.now, self._default_lapse)
             LOGGER.info("worker %s joined with %d slots", worker_id.hex()[:8], capacity)
         self.capacity += capacity - worker.capacity
-        worker.capacity, worker.credit = capacity, credit
+        worker.capacity = capacity
+        self._credit.set(worker, credit)
 
     def _on_return(self, worker_id, worker, fields, body):
         if worker is None:
             return
         returned = [worker.jobs.pop((body[i].bytes, protocol.unpack_job_id(body[i + 1].bytes)),
                                     None) for i in range(0, len(body) - 1, 2)]
-        worker.credit = 0  # it returns jobs because it is leaving: send it no more
+        self._credit.set(worker, 0)  # it returns jobs because it is leaving: send it no more
         self._requeue([job for job in returned if job is not None])
 
     def _on_bye(self, worker_id, worker, fields, body):
@@ -256,6 +278,8 @@ class Scheduler:
             subject.last_ping = fields[0]
             subject.last_seen = self.now
             subject.lapse = self._lapse(fields[1])
+            self.shortest_interval = min(self.shortest_interval,
+                                         subject.lapse / self.heartbeat_liveness)
         self._send_to_worker(worker_id, Kind.PONG, self.incarnation, fields[0], self.capacity,
                              len(subject.jobs) if subject else 0, subject is not None,
                              self.max_frame)
@@ -283,7 +307,7 @@ class Scheduler:
         # Credit comes back only for a job the worker held: a duplicate DONE, or one for a job it
         # was never sent, must not let the broker send it more than it has room for.
         if worker is not None and worker.release((task_id, job_id)):
-            worker.credit += 1
+            self._credit.set(worker, worker.credit + 1)
         if status != COMPLETED:  # skipped by a worker because its task was cancelled
             return
         job = self._settle(task_id, job_id)
@@ -302,6 +326,7 @@ class Scheduler:
     def _remove_worker(self, worker, died):
         """Forget a worker; the jobs it held are sent again, isolated if it died."""
         del self.workers[worker.id]
+        self._credit.discard(worker)
         self.capacity -= worker.capacity
         jobs = list(worker.jobs.values())
         if died and len(jobs) == 1 and not worker.revoked:
@@ -352,12 +377,11 @@ class Scheduler:
 
     def _free_worker(self) -> Optional[WorkerRecord]:
         """The worker with the most free credit that may take any job, or None."""
-        best = None
-        for worker in self.workers.values():
-            if worker.credit > 0 and (best is None or worker.credit > best.credit) and (
-                    worker.id != self._reserved and not worker.alone):
-                best = worker
-        return best
+        return self._credit.most(self._may_take_any)
+
+    def _may_take_any(self, worker: WorkerRecord) -> bool:
+        """Whether ``worker`` is neither reserved nor running an isolated job."""
+        return worker.id != self._reserved and not worker.alone
 
     def _dispatch_isolated(self):
         """Send each isolated job to an idle worker, reserving one to drain when none is."""
@@ -387,7 +411,7 @@ class Scheduler:
         """Send ``job`` to ``worker``; if the worker is gone, requeue the job and forget it."""
         if self._send_to_worker(worker.id, Kind.JOB, *job.spec, body=[job.task_id],
                                 payload=job.payload):
-            worker.credit -= 1
+            self._credit.set(worker, worker.credit - 1)
             worker.jobs[job.key] = job
             job.state, job.holder = JobState.HELD, worker.id
             return True
@@ -407,6 +431,9 @@ class Scheduler:
                            worker.id.hex()[:8], self.heartbeat_liveness, len(worker.jobs))
             self.counters["workers_lost"] += 1
             self._remove_worker(worker, died=True)
+        # Recounted here, where every worker is looked at anyway, so that it can grow again.
+        self.shortest_interval = min([self.heartbeat_interval, *(
+            w.lapse / self.heartbeat_liveness for w in self.workers.values())])
         for task in [t for t in self.tasks.values() if self.now - t.last_seen > t.lapse]:
             LOGGER.info("task %s went silent; forgetting its %d jobs",
                         task.id.hex()[:8], len(task.pending))

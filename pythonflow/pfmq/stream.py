@@ -43,6 +43,7 @@ from .shm import SegmentLost
 from .transport import RateLimitedLogger, Wakeup, dealer, handle_waiting
 
 LOGGER = logging.getLogger(__name__)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: enum arithmetic costs
 
 
 class _Job:
@@ -295,6 +296,12 @@ class Stream:
                     self._deliver([(self.next_index, (ITERATOR_FAILED, error))])
             elif not batch:
                 return  # the reader wakes the loop when there is more
+            if self.seconds_per_request is None and self._result_waiting():
+                return  # read it first: it sets the batch size of the jobs still to send
+
+    def _result_waiting(self):
+        """Whether a message from the broker waits (asked cheaply, without reading it)."""
+        return bool(self.sock.getsockopt(_EVENTS) & _POLLIN)
 
     def _batch_size(self):
         if self.seconds_per_request is None:

@@ -13,8 +13,8 @@ through the states of :class:`SlotState`::
         stops every worker and raises CrashLoopError (slot, exit status, last lines of its log)
     STARTING or RUNNING, exited with status 0 (asked to stop) or EXIT_NO_BROKER (gave up
         waiting for the broker) -> STOPPED: not started again
-    RUNNING, exited with EXIT_RESTART (ended itself to be replaced) -> STARTING at once, with
-        no death counted
+    RUNNING, exited with EXIT_RESTART (ended itself to be replaced, after passing its
+        max_memory) -> STARTING at once, with no death counted: a restart and a recycle
 
 A process is *starting* until it has loaded its target (imported the graph's module, built the
 graph) and made its worker. The n-th death in a row waits ``backoff * 2 ** (n - 1)`` seconds
@@ -132,6 +132,7 @@ class _Slot:
         self.deaths = 0  # in a row, without serving for stable_after: sets the backoff
         self.startup_deaths = 0  # in a row, before loading the target: crash_limit ends it all
         self.restarts = 0
+        self.recycles = 0  # exits with EXIT_RESTART: replaced at once, not deaths
 
     def became_ready(self) -> bool:
         """Whether the process has just said it loaded its target (reads the readiness pipe)."""
@@ -252,8 +253,15 @@ class Supervisor:
 
     @property
     def restarts(self) -> int:
-        """Worker processes started in place of one that died."""
+        """Worker processes started in place of one that ended: one that died, or one that
+        asked to be replaced (counted in :attr:`recycles` as well)."""
         return sum(slot.restarts for slot in self.slots)
+
+    @property
+    def recycles(self) -> int:
+        """Worker processes that ended themselves to be replaced (exit status
+        :data:`~pythonflow.pfmq.launch.EXIT_RESTART`: they passed their ``max_memory``)."""
+        return sum(slot.recycles for slot in self.slots)
 
     @property
     def states(self) -> List[SlotState]:
@@ -315,6 +323,7 @@ class Supervisor:
             return
         if code == launch.EXIT_RESTART and slot.state is SlotState.RUNNING:
             slot.state, slot.restart_at = SlotState.BACKING_OFF, now  # replaced without a pause
+            slot.recycles += 1
             LOGGER.info("worker %d: process %d asked to be replaced", slot.index, pid)
             return
         starting = slot.state is SlotState.STARTING

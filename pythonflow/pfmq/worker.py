@@ -23,7 +23,10 @@ worker and their transitions are described in :mod:`pythonflow.pfmq.lifecycle`.
 On :meth:`Worker.cancel` the request being evaluated is finished and delivered (heartbeats go on
 meanwhile, for up to ``timeout`` seconds), the jobs not yet started go back to the broker, and
 the worker says goodbye. :meth:`Worker.handle_signal` does the same from a signal handler: it
-takes no lock and does not log, so it cannot deadlock with the thread it interrupts.
+takes no lock and does not log, so it cannot deadlock with the thread it interrupts. A worker
+whose process passes ``max_memory`` after a request stops the same way, with a
+:class:`~pythonflow.pfmq.MemoryLimitError` as its :attr:`Worker.error` (see
+:mod:`pythonflow.pfmq.memory`).
 """
 import logging
 import threading
@@ -37,6 +40,7 @@ from .connections import Heartbeat, Renewal, Session
 from .jobs import Evaluator, GraphTarget, seed_generators
 from .lifecycle import Lifecycle, Service, State
 from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
+from .memory import MemoryLimit, parse_size
 from .security import CurveClient, KeyLike, resolve_key
 from .serialization import Dumps, Loads, Serializer, make_serializer
 from .transport import RateLimitedLogger, Wakeup, check_address
@@ -90,6 +94,10 @@ class Worker(Service):
         The broker's ``max_message_size`` (by default learned from its heartbeats): a result that
         would need a larger frame fails with :class:`~pythonflow.pfmq.SerializationError` instead
         of being sent.
+    max_memory : int or str, optional
+        Resident memory of the process (bytes, or a size such as ``"2GiB"``) past which the worker
+        stops after delivering a request, with a :class:`~pythonflow.pfmq.MemoryLimitError` in
+        :attr:`error`; see :mod:`pythonflow.pfmq.memory`.
     context : zmq.Context, optional
         Defaults to the process-wide instance.
     shared_memory : bool or SharedMemory, optional
@@ -109,6 +117,7 @@ class Worker(Service):
                  heartbeat_liveness: int = HEARTBEAT_LIVENESS, key: Optional[KeyLike] = None,
                  serializer: Union[Serializer, str, None] = None,
                  curve: Optional[CurveClient] = None, max_message_size: Optional[int] = None,
+                 max_memory: Union[int, str, None] = None,
                  context: Optional[zmq.Context] = None,
                  shared_memory: shm.Option = None):
         if target is not None and not callable(target):
@@ -127,6 +136,8 @@ class Worker(Service):
         self.key = resolve_key(key)
         self.curve = curve
         self.max_message_size = max_message_size
+        self.max_memory = None if max_memory is None else parse_size(max_memory)
+        self._memory = None if max_memory is None else MemoryLimit(self.max_memory)
         self.context = context or zmq.Context.instance()
         self.routing_id: Optional[bytes] = None  # of the work connection, while signed up
         self.shared_memory = shared_memory
@@ -186,7 +197,8 @@ class Worker(Service):
     @property
     def error(self) -> Optional[BaseException]:
         """Why the last run ended other than by :meth:`cancel` (a ``TimeoutError`` when the
-        broker stayed silent), or ``None``; reset when the worker starts again."""
+        broker stayed silent, a :class:`~pythonflow.pfmq.MemoryLimitError` after passing
+        ``max_memory``), or ``None``; reset when the worker starts again."""
         return self._life.error
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -210,7 +222,7 @@ class Worker(Service):
         ``TimeoutError`` (as in Pythonflow 0.3, whose ``run`` returned after its retries)."""
         self._start(State.FOREGROUND)
         self._serve()
-        if self.error is not None:
+        if isinstance(self.error, TimeoutError):
             LOGGER.error("%s; the worker gave up", self.error)
 
     def process_requests(self) -> None:
@@ -258,9 +270,14 @@ class Worker(Service):
             return  # the serving thread leaves when it gets back to its loop
         limit = self.timeout if timeout is None else min(timeout, self.timeout)
         if life.wait_stopped(limit):
-            for thread in (self._thread, self._heartbeat_thread):
-                if thread is not None and thread is not threading.current_thread():
-                    thread.join(limit)  # they end as soon as they see the worker stopped
+            self.join(limit)
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        """Wait up to ``timeout`` seconds for each of the worker's threads to end; they end as
+        soon as they see the worker stopped."""
+        for thread in (self._thread, self._heartbeat_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout)
 
     def handle_signal(self, signum: Optional[int] = None,
                       frame: Optional[FrameType] = None) -> None:
@@ -280,6 +297,8 @@ class Worker(Service):
         self._wire.courier.settings = shm.resolve(self.shared_memory, self.address)
         if self.is_alive:
             raise RuntimeError("the worker is already running")
+        if self._memory is not None:
+            self._memory.check_headroom()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join()  # the last run's: it ends as soon as that run stopped
         background = threading.Thread(target=self._serve_in_background, name="pfmq-worker",
@@ -343,6 +362,8 @@ class Worker(Service):
                         self._evaluator.answer(self.target, self._running, self.max_message_size),
                         copy=False)
                     self._running = None
+                    if self._memory is not None:  # after the delivery: nothing is lost
+                        self._stop_if_over_memory(session)
                 else:
                     events = dict(session.poller.poll(self._interval_ms))
                     self._wakeup.clear_if_woken(events)
@@ -355,6 +376,11 @@ class Worker(Service):
             self._leave_and_finish(self._session, interrupted)
             raise
         self._leave_and_finish(session)
+
+    def _stop_if_over_memory(self, session: Session) -> None:
+        over = self._memory.check(len(session.jobs))
+        if over is not None:
+            self._life.begin_cancel(self.timeout, over)
 
     def _open_session(self) -> Session:
         session = Session(self)
