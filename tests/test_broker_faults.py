@@ -88,7 +88,7 @@ def test_a_submit_without_payload_is_refused_and_does_not_cost_a_worker_slot():
         wait_for_workers(broker, 1)  # one worker, one slot: a slot lost for good stalls the pool
         wire = Wire()
         with raw_dealer(broker.frontend_address) as sock:
-            sock.send_multipart(wire.pack(Kind.SUBMIT, 7, 0, 1, False, 0))  # no payload frame
+            sock.send_multipart(wire.pack(Kind.SUBMIT, 7, 0, 1, False, 0, 0))  # no payload frame
             received = replies_until_pong(sock, wire)
         task = broker.imap([21])
         assert list(task.iter_results(timeout=5)) == [42], "the worker's slot must still be free"
@@ -105,7 +105,7 @@ def test_signed_submits_without_a_payload_never_reach_the_scheduler():
     """With a key, a payload always carries its seal: an empty one is refused as unsigned."""
     wire = Wire(KEY)
     with pytest.raises(ProtocolError, match="too short"):
-        wire.unpack(wire.pack(Kind.SUBMIT, 7, 0, 1, False, 0))
+        wire.unpack(wire.pack(Kind.SUBMIT, 7, 0, 1, False, 0, 0))
 
 
 # -- scheduler fixtures for credit, heartbeats and lifetimes -----------------------------------
@@ -139,7 +139,7 @@ def ready(scheduler, worker_id=WORKER, slots=1):
 
 
 def submit(scheduler, job_id, task_id=TASK):
-    scheduler.on_task_message(task_id, Kind.SUBMIT, (job_id, job_id, 1, False, 0),
+    scheduler.on_task_message(task_id, Kind.SUBMIT, (job_id, job_id, 1, False, 0, 0),
                               [zmq.Frame(b"serialised requests")])
 
 
@@ -471,7 +471,7 @@ def test_broker_log_table_stays_small_under_varied_garbage():
             for kind in range(len(Kind) + 1, 256):  # "unknown message kind N", N varying
                 sock.send_multipart([bytes([protocol.VERSION, kind])])
             for count in range(protocol.MAX_JOB_REQUESTS + 1, protocol.MAX_JOB_REQUESTS + 200):
-                sock.send_multipart(Wire().pack(Kind.SUBMIT, count, 0, count, False, 0))
+                sock.send_multipart(Wire().pack(Kind.SUBMIT, count, 0, count, False, 0, 0))
             sent = 256 - len(Kind) - 1 + 199
             wait_until(lambda: broker.stats()["dropped"] >= sent, message="garbage dropped")
         assert len(broker._log._last) <= 2  # white-box: one entry per kind of complaint

@@ -72,10 +72,10 @@ def test_malformed_messages_are_refused(frames, match):
 
 
 def test_implausible_jobs_are_refused():
-    protocol.check_job((1, 0, 1, False, 0))
+    protocol.check_job((1, 0, 1, False, 0, 0))
     for count in (0, protocol.MAX_JOB_REQUESTS + 1, 2**32 - 1):
         with pytest.raises(ProtocolError, match="requests"):
-            protocol.check_job((1, 0, count, False, 0))
+            protocol.check_job((1, 0, count, False, 0, 0))
 
 
 # -- signatures ---------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_broker_checks_signatures_without_hashing_payloads():
     """The message signature stands on the seal, so a hop need not read a large payload."""
     wire = Wire(KEY)
     sealed = wire.seal([b"x" * 1000], 7, protocol.REQUESTS)
-    forwarded = wire.pack(Kind.JOB, 7, 0, 1, False, 0, body=[TASK_ID], payload=sealed)
+    forwarded = wire.pack(Kind.JOB, 7, 0, 1, False, 0, 0, body=[TASK_ID], payload=sealed)
     kind, fields, body = wire.unpack(forwarded)
     assert wire.open(body[1:], fields[0], protocol.REQUESTS) == [b"x" * 1000]
     swapped = [forwarded[0], forwarded[1], b"y" * 1000, *forwarded[3:]]
@@ -192,7 +192,8 @@ def test_zero_copy_through_zeromq_frames():
 # -- garbage on the broker's sockets ------------------------------------------------------------
 
 TASK_KINDS = {Kind.SUBMIT, Kind.CANCEL, Kind.STATUS, Kind.PING}
-WORKER_KINDS = {Kind.READY, Kind.DONE, Kind.RETURN, Kind.BYE, Kind.PING, Kind.REPORT}
+WORKER_KINDS = {Kind.READY, Kind.DONE, Kind.RETURN, Kind.BYE, Kind.PING, Kind.REPORT,
+                Kind.DEADLINE}
 
 
 def garbage(rng: random.Random, accepted: set) -> list:
@@ -213,8 +214,8 @@ def garbage(rng: random.Random, accepted: set) -> list:
         header = header[:cut] if cut < len(header) else header + bytes(cut - len(header) + 1)
         return [bytes(header), *body]
     if choice == 3:  # a job nobody could mean
-        fields = (rng.getrandbits(64), 0, rng.choice([0, 2**32 - 1]), False, 0)
-        return [struct.pack("!BBQQI?q", VERSION, Kind.SUBMIT, *fields), *body]
+        fields = (rng.getrandbits(64), 0, rng.choice([0, 2**32 - 1]), False, 0, 0)
+        return [struct.pack("!BBQQI?qI", VERSION, Kind.SUBMIT, *fields), *body]
     if choice == 4:  # a result without its task id
         return [bytes(header_of(Kind.DONE))]
     # A well-formed message of a kind this socket never receives.

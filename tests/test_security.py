@@ -106,7 +106,7 @@ def attack_messages(path):
     bomb_list = pickle.dumps([Evil(path)])
     layouts = [[bomb], [bomb, bomb], [bomb_list] * 5, [b""]]
     for kind in Kind:
-        fields = (0, 0, 1, False, 0) if kind in (Kind.SUBMIT, Kind.JOB) else tuple(
+        fields = (0, 0, 1, False, 0, 0) if kind in (Kind.SUBMIT, Kind.JOB) else tuple(
             1 for _ in protocol.FIELDS[kind])
         header = protocol.Wire().pack(kind, *fields)[0]
         layouts += [[header, bomb], [header, os.urandom(16), bomb_list],

@@ -173,13 +173,13 @@ def test_worker_answers_every_job_it_cannot_read(fake_broker):
         worker_id, _, _ = fake_broker.receive(Kind.READY)
         task = b"t" * 16
         jobs = {  # job id: (spec, body frames before the payload, payload frames)
-            1: ((1, 0, 1, False, 0), [], []),  # no task id
-            2: ((2, 0, 1, False, 0), [task], []),  # no payload
-            3: ((3, 0, 1, False, 0), [task], [b"not a pickle"]),
-            4: ((4, 0, 2, False, 0), [task], requests_payload(1)),  # one request, not two
-            5: ((5, 0, 0, False, 0), [task], requests_payload()),  # a job of no requests
-            6: ((6, 0, 1, True, -1), [task], requests_payload(1)),  # a negative seed
-            7: ((7, 0, 1, False, 0), [task], requests_payload(21)),  # a good one after all
+            1: ((1, 0, 1, False, 0, 0), [], []),  # no task id
+            2: ((2, 0, 1, False, 0, 0), [task], []),  # no payload
+            3: ((3, 0, 1, False, 0, 0), [task], [b"not a pickle"]),
+            4: ((4, 0, 2, False, 0, 0), [task], requests_payload(1)),  # one request, not two
+            5: ((5, 0, 0, False, 0, 0), [task], requests_payload()),  # a job of no requests
+            6: ((6, 0, 1, True, -1, 0), [task], requests_payload(1)),  # a negative seed
+            7: ((7, 0, 1, False, 0, 0), [task], requests_payload(21)),  # a good one after all
         }
         for spec, body, payload in jobs.values():
             fake_broker.send_job(worker_id, spec, body, payload)
@@ -206,10 +206,10 @@ def test_keyed_worker_answers_a_job_without_payload_or_with_a_broken_seal():
         with serving_in_a_thread(worker):
             worker_id, _, _ = fake.receive(Kind.READY)
             task = b"k" * 16
-            fake.send_job(worker_id, (1, 0, 1, False, 0), [task],
+            fake.send_job(worker_id, (1, 0, 1, False, 0, 0), [task],
                           fake.wire.seal([], 1, protocol.REQUESTS))
             sealed = fake.wire.seal(requests_payload("x"), 2, protocol.REQUESTS)
-            fake.send_job(worker_id, (2, 0, 1, False, 0), [task], [b"tampered", sealed[-1]])
+            fake.send_job(worker_id, (2, 0, 1, False, 0, 0), [task], [b"tampered", sealed[-1]])
             for expected in ("no payload", "seal mismatch"):
                 _, fields, body = fake.receive(Kind.DONE)
                 outcomes = PickleSerializer().decode(Wire(key).open(body[1:], fields[0],

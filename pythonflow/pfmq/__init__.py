@@ -25,6 +25,7 @@ The library is the modules of this package, one concern each::
     cluster.py, launch.py, cli.py   local clusters, worker processes, the pfmq command
     status.py                       pfmq status and its --watch view
     supervisor.py                   replacing dead worker processes (CrashLoopError)
+    deadline.py                     request deadlines: the worker's watchdog, the broker's verdict
     memory.py                       max_memory: sizes, resident memory, the check after each job
     torch.py                        the address of integrations.torch.IterableDataset
 
@@ -40,6 +41,7 @@ from .errors import (
     MemoryLimitError,
     ProtocolError,
     RemoteError,
+    RequestTimeoutError,
     SerializationError,
     WorkerDiedError,
 )
@@ -56,4 +58,5 @@ __all__ = [
     "RemoteError", "WorkerDiedError", "ProtocolError", "SerializationError", "Serializer",
     "PickleSerializer", "CallableSerializer", "MsgpackSerializer", "CurveServer", "CurveClient",
     "security", "serializers", "CrashLoopError", "SharedMemory", "MemoryLimitError",
+    "RequestTimeoutError",
 ]

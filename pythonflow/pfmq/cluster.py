@@ -8,6 +8,7 @@ from typing import Any, List, Optional
 
 from . import launch, shm
 from .broker import Broker
+from .deadline import check_request_timeout
 from .memory import parse_size
 from .supervisor import Supervisor, check_count
 
@@ -68,6 +69,10 @@ class LocalCluster:
         the sockets (see :mod:`pythonflow.pfmq.shm`), both ways; on by default where the system
         has it (Linux), since the workers are on this host. ``False`` turns it off, a
         :class:`~pythonflow.pfmq.shm.SharedMemory` sets the size from which an array goes.
+    request_timeout : float, optional
+        The deadline of each request of :meth:`apply` and :meth:`imap` that do not give their
+        own (see :class:`~pythonflow.pfmq.Task`); ``None``, the default, sets none. A worker
+        process that runs a request past it ends and is replaced at once.
     **worker_options
         Keyword arguments for :class:`~pythonflow.pfmq.Worker`, such as ``prefetch``; a ``key``
         is given to the broker as well. With ``max_memory`` (bytes, or a size such as
@@ -79,11 +84,13 @@ class LocalCluster:
                  address: Optional[str] = None, frontend_address: Optional[str] = None,
                  startup_timeout: float = 60.0, stop_timeout: float = 5.0,
                  broker_options: Optional[dict] = None, log_level: int = logging.WARNING,
-                 crash_limit: int = 3, shared_memory: shm.Option = None, **worker_options):
+                 crash_limit: int = 3, shared_memory: shm.Option = None,
+                 request_timeout: Optional[float] = None, **worker_options):
         if num_workers is None:
             num_workers = launch.default_num_workers()
         self.num_workers = check_count(num_workers, "num_workers")
         self.crash_limit = check_count(crash_limit, "crash_limit")
+        self.request_timeout = check_request_timeout(request_timeout)
         self.spec = launch.pack_target(graph)
         self.address = address
         self.frontend_address = frontend_address
@@ -198,12 +205,14 @@ class LocalCluster:
     def apply(self, request, **task_options) -> Any:
         """Evaluate one request on a worker (see :meth:`pythonflow.pfmq.Broker.apply`)."""
         task_options.setdefault("shared_memory", self.shared_memory)
+        task_options.setdefault("request_timeout", self.request_timeout)
         return self._running_broker().apply(request, **task_options)
 
     def imap(self, requests, **task_options):
         """Evaluate requests on the workers (see :meth:`pythonflow.pfmq.Broker.imap`); with
         ``resume=task.state_dict()``, continue an earlier task over the same requests."""
         task_options.setdefault("shared_memory", self.shared_memory)
+        task_options.setdefault("request_timeout", self.request_timeout)
         return self._running_broker().imap(requests, **task_options)
 
     def stats(self) -> dict:

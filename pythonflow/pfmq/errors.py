@@ -7,6 +7,7 @@
     RuntimeError <- RemoteError          a request that failed on a worker (raised at the task)
                     <- WorkerDiedError   every worker that ran the request died running it
 RuntimeError <- MemoryLimitError     a worker passed its max_memory and stopped (worker.error)
+TimeoutError <- RequestTimeoutError  a request ran past its deadline (request_timeout) too often
 
 Which outcome of a request stands for which of them is decided by
 :func:`pythonflow.pfmq.protocol.exception_for`, beside the outcome codes.
@@ -14,7 +15,7 @@ Which outcome of a request stands for which of them is decided by
 from typing import Optional
 
 __all__ = ["ProtocolError", "SerializationError", "RemoteError", "WorkerDiedError",
-           "MemoryLimitError"]
+           "MemoryLimitError", "RequestTimeoutError"]
 
 
 class ProtocolError(ValueError):
@@ -69,3 +70,25 @@ class MemoryLimitError(RuntimeError):
                          f"memory, above its max_memory of {limit / 2 ** 20:.1f} MiB")
         self.resident = resident
         self.limit = limit
+class RequestTimeoutError(TimeoutError):
+    """A request ran past its deadline (``request_timeout``) on ``max_attempts`` workers.
+
+    Each time, the worker stopped evaluating it (see :mod:`pythonflow.pfmq.deadline`).
+
+    Parameters
+    ----------
+    message : str
+        What timed out; it names the request and the deadline.
+    index : int
+        The request's number in its task.
+    deadline : float
+        The deadline in seconds.
+    """
+
+    def __init__(self, message: str, index: int, deadline: float):
+        super().__init__(message)
+        self.index = index
+        self.deadline = deadline
+
+    def __reduce__(self):  # OSError's own would pass the three arguments as errno and strerror
+        return type(self), (str(self), self.index, self.deadline)

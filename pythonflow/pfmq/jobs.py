@@ -115,7 +115,8 @@ def _remote_traceback(exc: BaseException) -> str:
 
 
 class Job(NamedTuple):
-    """A job as received: ``spec`` is ``(job_id, first_index, count, has_seed, seed)``;
+    """A job as received: ``spec`` is ``(job_id, first_index, count, has_seed, seed,
+    deadline_ms)``;
     ``problem`` says why it cannot be evaluated (it is answered with errors), if it cannot."""
 
     spec: tuple
@@ -155,16 +156,21 @@ class Evaluator:
         self.serializer = serializer
         self.wire = wire
         self.executed = 0  # requests evaluated, for statistics and tests
+        #: The worker's :class:`~pythonflow.pfmq.deadline.Watchdog`, told of each request of a
+        #: job with a deadline; ``None``: deadlines are not kept.
+        self.watchdog = None
         self._log = RateLimitedLogger(LOGGER)
 
     def answer(self, target: Callable[[Any], Any], job: Job,
-               max_message_size: Optional[int] = None) -> list:
-        """Evaluate ``job`` with ``target`` and return the frames of its ``DONE`` message.
+               max_message_size: Optional[int] = None) -> Optional[list]:
+        """Evaluate ``job`` with ``target`` and return the frames of its ``DONE`` message, or
+        ``None`` if the :attr:`watchdog` gave up one of its requests at its deadline (it has
+        told the broker: the job must not be answered).
 
         Raises only what :func:`stops_the_worker` says stops the worker; every other failure is
         an outcome in the answer.
         """
-        job_id, first_index, count, has_seed, seed = job.spec
+        job_id, first_index, count, has_seed, seed, _ = job.spec
         started = time.perf_counter()
         try:
             requests = self._requests(job)
@@ -174,7 +180,9 @@ class Evaluator:
             outcomes = [(SERIALIZATION_ERROR, f"the worker cannot read the request: {exc}")] * (
                 count if plausible else 0)  # the task fails all its requests on a wrong count
         else:
-            outcomes = self._evaluate(target, requests, first_index, seed if has_seed else None)
+            outcomes = self._evaluate(target, job, requests, seed if has_seed else None)
+            if outcomes is None:
+                return None
         elapsed = time.perf_counter() - started
         sealed = self.wire.seal(self._encode(outcomes, max_message_size), job_id,
                                 protocol.OUTCOMES)
@@ -198,7 +206,33 @@ class Evaluator:
             raise SerializationError(f"a job of {count} requests decoded to {requests!r:.80}")
         return requests
 
-    def _evaluate(self, target, requests, first_index, seed) -> List[tuple]:
+    def _evaluate(self, target, job, requests, seed) -> Optional[List[tuple]]:
+        """The outcomes of ``requests``; ``None`` if the watchdog gave one up at its deadline."""
+        if not job.spec[5]:  # no deadline: the loop without a watch, for tiny requests
+            return self._evaluate_each(target, job.spec[1], requests, seed)
+        watch = self.watchdog
+        try:
+            return self._evaluate_watched(target, job, requests, seed, watch)
+        finally:
+            watch.disarm()
+
+    def _evaluate_watched(self, target, job, requests, seed, watch) -> Optional[List[tuple]]:
+        first_index, deadline = job.spec[1], job.spec[5] / 1000
+        outcomes = []
+        for offset, request in enumerate(requests):
+            index = first_index + offset
+            if not watch.begin(job, index, deadline):
+                return None
+            try:
+                outcomes += self._evaluate_each(target, index, (request,), seed)
+            finally:
+                # Also when the worker stops: the watchdog must not take the connection over.
+                owned = watch.finish()
+            if not owned:
+                return None
+        return outcomes
+
+    def _evaluate_each(self, target, first_index, requests, seed) -> List[tuple]:
         outcomes = []
         append = outcomes.append  # bound once: this loop runs for every request
         for offset, request in enumerate(requests):

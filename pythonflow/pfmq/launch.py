@@ -156,7 +156,9 @@ def serve(spec: TargetSpec, address: str, worker_options: Optional[dict] = None,
     Returns the exit status for the process: 0 after a requested stop, :data:`EXIT_NO_BROKER`
     after giving up waiting for the broker, :data:`EXIT_RESTART` after stopping for one of the
     :data:`RESTART_REASONS` (passing ``max_memory``), 1 after another error, which is reported
-    in one line on stderr.
+    in one line on stderr. The worker's ``on_deadline`` is ``'exit'`` unless ``worker_options``
+    say otherwise: the process ends with :data:`EXIT_RESTART` to stop a request past its
+    deadline.
     """
     from .worker import Worker
 
@@ -164,7 +166,9 @@ def serve(spec: TargetSpec, address: str, worker_options: Optional[dict] = None,
         logging.basicConfig(level=log_level,
                             format="%(asctime)s pfmq worker %(process)d %(levelname)s %(message)s")
     try:
-        worker = Worker(unpack_target(spec), address, **(worker_options or {}))
+        # A process of its own: it ends itself to stop a request past its deadline.
+        worker = Worker(unpack_target(spec), address,
+                        **{"on_deadline": "exit", **(worker_options or {})})
     except Exception as exc:
         print(f"pfmq worker: error: {exc}", file=sys.stderr)
         return 1

@@ -42,6 +42,7 @@ PING                    ping, interval_ms           --
 worker -> broker
 READY                   capacity, credit            --
 DONE                    job_id, status, elapsed     task id, payload (serialised outcomes)
+DEADLINE                job_id, index, elapsed      task id
 RETURN                  --                          task id, job id (8 bytes), repeated
 BYE                     --                          --
 PING                    ping, interval_ms           worker id (the worker it speaks for)
@@ -54,14 +55,29 @@ REPORT                  slots, running, restarts,   --
                         interval_ms
 broker -> task
 RESULT                  job_id, elapsed, capacity   payload (serialised outcomes)
-FAILED                  job_id                      reason (UTF-8)
+FAILED                  job_id, cause, index        reason (UTF-8)
 STATUS_REPLY            --                          statistics (JSON)
 PONG                    see below                   --
 ======================  ==========================  =============================================
 
-``job`` is ``(job_id, first_index, count, has_seed, seed)``: a job carries ``count`` requests,
-the first of which is request number ``first_index`` of its task; ``seed`` (valid when
-``has_seed``) seeds each request's random generators with ``(seed, index)``.
+``job`` is ``(job_id, first_index, count, has_seed, seed, deadline_ms)``: a job carries ``count``
+requests, the first of which is request number ``first_index`` of its task; ``seed`` (valid when
+``has_seed``) seeds each request's random generators with ``(seed, index)``; ``deadline_ms``
+(0: none) is how long a worker may evaluate each of its requests (the task's
+``request_timeout``).
+
+A worker that gave up a request past its deadline sends ``DEADLINE`` in place of the job's
+``DONE`` (``index``: the request's number in its task; ``elapsed``: seconds it ran), and so gives
+back every job it holds, taking no more until its next ``READY``. One that ends its process then
+(see :mod:`pythonflow.pfmq.deadline`) sends ``BYE`` and a ``PING`` with no worker id on its work
+connection, whose ``PONG`` tells it the broker read both. The broker retries the request alone,
+or fails a job of several requests with cause :data:`FAILED_JOB` so that its task retries each;
+after ``max_attempts`` deadlines hit by the request it fails it with :data:`FAILED_DEADLINE`.
+
+``FAILED``'s ``cause`` says what the task does: :data:`FAILED_JOB`, a single request fails
+(its workers died, or the broker refused the job) and a job of several requests is retried
+request by request; :data:`FAILED_DEADLINE`, request ``index`` failed by its deadline and the
+job's other requests are retried one by one. ``index`` is 0 for :data:`FAILED_JOB`.
 
 A worker sends its heartbeats on its second connection, so that they never wait behind its work;
 its ``PING`` names the routing id of its work connection. A ``PING`` carries the sender's
@@ -122,10 +138,12 @@ checked after they are mapped back, so it covers the array bytes exactly as over
 
 Outcomes
 --------
-Beside the three codes that travel, a task makes two of its own: ``(WORKERS_DIED, reason)`` for a
-request the broker failed with ``FAILED``, and ``(ITERATOR_FAILED, exception)`` in the place of
-the request its iterator raised instead of yielding. :func:`exception_for` turns a failed outcome
-into the exception the consumer gets.
+Beside the three codes that travel, a task makes three of its own: ``(WORKERS_DIED, reason)``
+for a request the broker failed with ``FAILED`` (cause :data:`FAILED_JOB`),
+``(DEADLINE_PASSED, reason, deadline)`` for one it failed by its deadline (cause
+:data:`FAILED_DEADLINE`; ``deadline`` in seconds), and ``(ITERATOR_FAILED, exception)`` in the
+place of the request its iterator raised instead of yielding. :func:`exception_for` turns a
+failed outcome into the exception the consumer gets.
 """
 import enum
 import hashlib
@@ -134,7 +152,13 @@ import os
 import struct
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
-from .errors import ProtocolError, RemoteError, SerializationError, WorkerDiedError
+from .errors import (
+    ProtocolError,
+    RemoteError,
+    RequestTimeoutError,
+    SerializationError,
+    WorkerDiedError,
+)
 
 if TYPE_CHECKING:  # frames are duck-typed: the protocol needs no sockets
     import zmq
@@ -143,7 +167,8 @@ if TYPE_CHECKING:  # frames are duck-typed: the protocol needs no sockets
 
 __all__ = [
     "VERSION", "SIGNATURE_SIZE", "ID_SIZE", "OK", "ERROR", "SERIALIZATION_ERROR", "WORKERS_DIED",
-    "ITERATOR_FAILED", "COMPLETED", "CANCELLED", "Kind", "FIELDS", "MAX_JOB_REQUESTS",
+    "ITERATOR_FAILED", "DEADLINE_PASSED", "COMPLETED", "CANCELLED", "FAILED_JOB",
+    "FAILED_DEADLINE", "Kind", "FIELDS", "MAX_JOB_REQUESTS",
     "REQUESTS", "OUTCOMES", "PAYLOAD_START", "BytesLike", "Frame", "Wire", "check_job",
     "new_id", "pack_job_id", "unpack_job_id", "frame_buffer", "exception_for", "SHM_MAGIC",
     "SHM_MANIFEST", "SHM_ENTRY", "SHM_HEADER", "SHM_PAGE",
@@ -164,10 +189,15 @@ SERIALIZATION_ERROR = 2
 #: Outcomes made at the task itself, beside those that come from workers.
 WORKERS_DIED = 10
 ITERATOR_FAILED = 11
+DEADLINE_PASSED = 12
 
 # DONE statuses.
 COMPLETED = 0
 CANCELLED = 1
+
+# FAILED causes.
+FAILED_JOB = 0
+FAILED_DEADLINE = 1
 
 
 class Kind(enum.IntEnum):
@@ -188,9 +218,10 @@ class Kind(enum.IntEnum):
     FAILED = 13
     STATUS_REPLY = 14
     REPORT = 15
+    DEADLINE = 16
 
 
-_JOB = "QQI?q"
+_JOB = "QQI?qI"
 #: The struct format of each kind's fields (after the version and kind bytes).
 FIELDS = {
     Kind.SUBMIT: _JOB,
@@ -199,13 +230,14 @@ FIELDS = {
     Kind.PING: "II",
     Kind.READY: "II",
     Kind.DONE: "QBd",
+    Kind.DEADLINE: "QQd",
     Kind.RETURN: "",
     Kind.BYE: "",
     Kind.JOB: _JOB,
     Kind.REVOKE: "",
     Kind.PONG: "QIII?Q",
     Kind.RESULT: "QdI",
-    Kind.FAILED: "Q",
+    Kind.FAILED: "QBQ",
     Kind.STATUS_REPLY: "",
     Kind.REPORT: "IIII",
 }
@@ -419,6 +451,8 @@ def exception_for(index: int, outcome: tuple) -> BaseException:
         return SerializationError(f"request {index}: {outcome[1]}")
     if code == WORKERS_DIED:
         return WorkerDiedError(f"request {index} failed: {outcome[1]}")
+    if code == DEADLINE_PASSED:
+        return RequestTimeoutError(f"request {index} {outcome[1]}", index, outcome[2])
     if code == ITERATOR_FAILED:
         return outcome[1]
     return RemoteError(f"request {index}: unknown outcome {code!r}")

@@ -42,7 +42,7 @@ class JobRecord:
 
     def __init__(self, task_id: bytes, spec: tuple, payload: list):
         self.task_id = task_id
-        self.spec = spec  # (job_id, first_index, count, has_seed, seed), as the task sent it
+        self.spec = spec  # (job_id, first_index, count, has_seed, seed, deadline_ms), as sent
         self.payload = payload
         self.attempts = 0  # deaths of workers that held it alone
         self.state = JobState.QUEUED
@@ -58,7 +58,7 @@ class JobRecord:
 class TaskRecord:
     """A task's queue of jobs, the jobs it still waits for, and when it last spoke."""
 
-    __slots__ = ("id", "queue", "pending", "last_seen", "lapse", "completed")
+    __slots__ = ("id", "queue", "pending", "last_seen", "lapse", "completed", "deadlines_hit")
 
     def __init__(self, task_id: bytes, now: float, lapse: float):
         self.id = task_id
@@ -67,13 +67,16 @@ class TaskRecord:
         self.last_seen = now
         self.lapse = lapse  # silent this long: presumed gone
         self.completed = 0  # requests answered, for stats()
+        # Request index -> deadlines it ran past (see pythonflow.pfmq.deadline): by index, not by
+        # job, since a job of several requests is split once one of them hangs.
+        self.deadlines_hit: Dict[int, int] = collections.Counter()
 
 
 class WorkerRecord:
     """A worker's slots and free credit, the jobs it holds, and when it last spoke."""
 
     __slots__ = ("id", "capacity", "credit", "jobs", "revoked", "last_seen", "lapse", "completed",
-                 "last_ping", "alone_with", "joined")
+                 "last_ping", "alone_with", "joined", "deadlines_hit")
 
     def __init__(self, worker_id: bytes, capacity: int, credit: int, now: float, lapse: float):
         self.id = worker_id
@@ -89,6 +92,7 @@ class WorkerRecord:
         self.last_ping = 0  # the number of the last heartbeat believed, see _on_worker_ping
         self.alone_with: Optional[JobKey] = None  # the isolated job last sent to it
         self.joined = now  # for its age and results per second in stats()
+        self.deadlines_hit = 0  # requests it stopped at their deadline
 
     @property
     def idle(self) -> bool:

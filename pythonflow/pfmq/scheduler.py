@@ -32,6 +32,10 @@ thus costs at most ``max_attempts + 1`` workers, and an innocent one that shared
 is never blamed. After ``max_attempts`` counted deaths the job fails with
 :data:`~pythonflow.pfmq.protocol.Kind.FAILED`.
 
+A worker that gives up a request past its deadline says so (``DEADLINE``): the scheduler hands
+that to :func:`pythonflow.pfmq.deadline.on_report`, which counts the hit, retries the request
+alone (isolated) or fails it, and requeues the worker's other jobs unblamed.
+
 A worker's credit (its free slots) drops with each job sent and comes back with the ``DONE`` of a
 job it held, once: also for a job it held whose task was cancelled meanwhile or that another
 worker answered first, never for a duplicate or a job it was not sent. A worker's heartbeats
@@ -42,9 +46,9 @@ import collections
 import logging
 from typing import Callable, List, Optional
 
-from . import protocol
+from . import deadline, protocol
 from .errors import ProtocolError
-from .protocol import COMPLETED, Frame, Kind
+from .protocol import COMPLETED, FAILED_JOB, Frame, Kind
 from .records import (
     MAX_SLOTS,
     CreditIndex,
@@ -120,7 +124,8 @@ class Scheduler:
                                Kind.CANCEL: self._on_cancel}
         self._worker_handlers = {Kind.READY: self._on_ready, Kind.DONE: self._on_done,
                                  Kind.PING: self._on_worker_ping, Kind.RETURN: self._on_return,
-                                 Kind.BYE: self._on_bye, Kind.REPORT: self._on_report}
+                                 Kind.BYE: self._on_bye, Kind.REPORT: self._on_report,
+                                 Kind.DEADLINE: self._on_deadline}
 
     # -- tasks -----------------------------------------------------------------------------------
 
@@ -171,7 +176,7 @@ class Scheduler:
             if not body:  # signed messages always carry the seal; unsigned ones may be empty
                 raise ProtocolError("SUBMIT without a payload")
         except ProtocolError as exc:
-            self._send_to_task(task_id, Kind.FAILED, fields[0],
+            self._send_to_task(task_id, Kind.FAILED, fields[0], FAILED_JOB, 0,
                                body=[f"the broker refused the job: {exc}".encode()])
             raise
 
@@ -323,6 +328,10 @@ class Scheduler:
                                   payload=body[1:]):
             self._forget_task(self.tasks[task_id])
 
+    def _on_deadline(self, worker_id, worker, fields, body):
+        """A worker gave up a request past its deadline (see :mod:`pythonflow.pfmq.deadline`)."""
+        deadline.on_report(self, worker, fields, body)
+
     def _remove_worker(self, worker, died):
         """Forget a worker; the jobs it held are sent again, isolated if it died."""
         del self.workers[worker.id]
@@ -351,12 +360,12 @@ class Scheduler:
             else:
                 self._enqueue(task, job, front=True)
 
-    def _fail(self, job, reason):
+    def _fail(self, job, reason, cause=FAILED_JOB, index=0):
         job_id = job.spec[0]
         self._settle(job.task_id, job_id)
         self.counters["failed"] += 1
         LOGGER.warning("job %d of task %s failed: %s", job_id, job.task_id.hex()[:8], reason)
-        self._send_to_task(job.task_id, Kind.FAILED, job_id, body=[reason.encode()])
+        self._send_to_task(job.task_id, Kind.FAILED, job_id, cause, index, body=[reason.encode()])
 
     # -- placing jobs ----------------------------------------------------------------------------
 
@@ -455,13 +464,15 @@ class Scheduler:
             age = max(self.now - w.joined, 0.0)
             workers[w.id.hex()] = {"capacity": w.capacity, "credit": w.credit,
                                    "in_flight": len(w.jobs), "completed": w.completed,
+                                   "deadlines_hit": w.deadlines_hit,
                                    "age": round(age, 3),  # seconds since it joined
                                    "per_second": round(w.completed / age, 3) if age else 0.0}
         tasks = {}
         for t in self.tasks.values():
             states = collections.Counter(job.state for job in t.pending.values())
             tasks[t.id.hex()] = {"queued": states[JobState.QUEUED],
-                                 "in_flight": states[JobState.HELD], "completed": t.completed}
+                                 "in_flight": states[JobState.HELD], "completed": t.completed,
+                                 "deadlines_hit": sum(t.deadlines_hit.values())}
         return {
             "incarnation": self.incarnation,
             "workers": len(self.workers),
@@ -471,7 +482,7 @@ class Scheduler:
             "in_flight": sum(len(w.jobs) for w in self.workers.values()),
             **{name: self.counters[name] for name in (
                 "completed", "requeued", "failed", "cancelled", "workers_lost",
-                "duplicates_dropped", "dropped", "bad_signatures")},
+                "duplicates_dropped", "dropped", "bad_signatures", "deadlines_hit")},
             "per_worker": workers,
             "per_task": tasks,
             # Worker processes started in place of dead ones, by the supervisors reporting now.

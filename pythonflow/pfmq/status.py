@@ -23,7 +23,8 @@ HOME, CLEAR_LINE, CLEAR_BELOW, CLEAR_SCREEN = "\x1b[H", "\x1b[K", "\x1b[J", "\x1
 TOTALS = [("workers", "workers"), ("capacity", "capacity"), ("tasks", "tasks"),
           ("queued", "queued"), ("in flight", "in_flight"), ("completed", "completed"),
           ("requeued", "requeued"), ("failed", "failed"), ("cancelled", "cancelled"),
-          ("workers lost", "workers_lost"), ("restarts", "restarts")]
+          ("workers lost", "workers_lost"), ("restarts", "restarts"),
+          ("deadlines hit", "deadlines_hit")]
 
 
 def format_duration(seconds: float) -> str:
@@ -74,6 +75,8 @@ def _worker_line(worker_id: str, figures: dict, rates: Dict[str, float]) -> str:
         line += f"  results/s {rate:.1f}"
     if figures.get("age") is not None:
         line += f"  age {format_duration(figures['age'])}"
+    if figures.get("deadlines_hit"):  # shown only when there are some, to keep 80 columns
+        line += f"  deadlines hit {figures['deadlines_hit']}"
     return line
 
 
@@ -83,7 +86,7 @@ def status_lines(stats: dict, rates: Optional[Dict[str, float]] = None) -> List[
     Figures missing from ``stats`` (a broker of an older version) are left out.
     """
     rates = rates or {}
-    lines = [f"  {label:<13}{stats[name]}" for label, name in TOTALS if name in stats]
+    lines = [f"  {label:<12} {stats[name]}" for label, name in TOTALS if name in stats]
     if "" in rates:
         lines.append(f"  {'results/s':<13}{rates['']:.1f}")
     per_worker = stats.get("per_worker") or {}
@@ -97,7 +100,9 @@ def status_lines(stats: dict, rates: Optional[Dict[str, float]] = None) -> List[
     for task_id, figures in sorted(per_task.items()):
         lines.append(f"    task {task_id[:8]}  queued {figures.get('queued', 0)}  "
                      f"in flight {figures.get('in_flight', 0)}  "
-                     f"completed {figures.get('completed', 0)}")
+                     f"completed {figures.get('completed', 0)}"
+                     + (f"  deadlines hit {figures['deadlines_hit']}"
+                        if figures.get("deadlines_hit") else ""))
     supervisors = stats.get("supervisors") or {}
     if supervisors:
         lines.append("  supervisors:")

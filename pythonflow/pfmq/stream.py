@@ -34,9 +34,18 @@ import time
 import zmq
 
 from . import protocol
+from .deadline import deadline_ms
 from .errors import ProtocolError, SerializationError
 from .liveness import Liveness
-from .protocol import ITERATOR_FAILED, SERIALIZATION_ERROR, WORKERS_DIED, Kind
+from .protocol import (
+    DEADLINE_PASSED,
+    FAILED_DEADLINE,
+    FAILED_JOB,
+    ITERATOR_FAILED,
+    SERIALIZATION_ERROR,
+    WORKERS_DIED,
+    Kind,
+)
 from .reader import reader_for, source_too_short
 from .security import key_hint
 from .shm import SegmentLost
@@ -120,7 +129,7 @@ class Stream:
 
     def __init__(self, requests, address, serializer, wire, context, timeout, num_retries,
                  cache_size, ordered, seed, heartbeat_interval, max_batch, target_job_seconds,
-                 start_index=0, delivered=()):
+                 start_index=0, delivered=(), request_timeout=None):
         self.reader = reader_for(iter(requests), start_index)
         self.address = address
         self.serializer = serializer
@@ -131,6 +140,8 @@ class Stream:
         self.cache_size = cache_size
         self.ordered = ordered
         self.seed = seed
+        self.request_timeout = request_timeout  # seconds, checked by the Task; None: no deadline
+        self.deadline_ms = deadline_ms(request_timeout)
         self.ping_interval = min(heartbeat_interval, timeout / 3)
         self.ping_interval_ms = max(1, round(self.ping_interval * 1000))
         self.max_batch = max_batch
@@ -258,7 +269,7 @@ class Stream:
         elif kind is Kind.PONG:
             self._on_pong(*fields)
         elif kind is Kind.FAILED:
-            self._on_failed(fields[0], bytes(body[0].buffer).decode(errors="replace"))
+            self._on_failed(fields[0], bytes(body[0].buffer).decode(errors="replace"), *fields[1:])
         else:
             raise ProtocolError(f"{kind.name} is not for tasks")
 
@@ -352,17 +363,19 @@ class Stream:
         else:
             self._deliver([(first, (SERIALIZATION_ERROR, reason))])
 
-    def _submit_each(self, first, requests):
-        """Submit every request as a job of its own, so that one bad request fails alone."""
+    def _submit_each(self, first, requests, skip=None):
+        """Submit every request (but that of index ``skip``) as a job of its own, so that one
+        bad request fails alone."""
         for offset, request in enumerate(requests):
-            self._submit(first + offset, [request])
+            if first + offset != skip:
+                self._submit(first + offset, [request])
 
     def _send_job(self, job_id, job):
         job.epoch = self.liveness.pings
         seed = 0 if self.seed is None else self.seed
         self.sock.send_multipart(
             self.wire.pack(Kind.SUBMIT, job_id, job.first, job.count, self.seed is not None, seed,
-                           payload=job.frames), copy=False)
+                           self.deadline_ms, payload=job.frames), copy=False)
 
     # -- receiving -------------------------------------------------------------------------------
 
@@ -395,17 +408,23 @@ class Stream:
             outcomes = [(SERIALIZATION_ERROR, f"the result cannot be read: {exc}")] * job.count
         self._deliver_run(job.first, outcomes)
 
-    def _on_failed(self, job_id, reason):
+    def _on_failed(self, job_id, reason, cause=FAILED_JOB, index=0):
         job = self.pending.pop(job_id, None)
         if job is None:
             return
         self.in_flight -= job.count
-        if job.count == 1:
-            self._deliver([(job.first, (WORKERS_DIED, reason))])
-            return
-        # One request of the batch may be the culprit: try each on its own.
-        payload = self.wire.open(job.frames, job_id, protocol.REQUESTS)
-        self._submit_each(job.first, self.serializer.decode(payload))
+        failed = None
+        if cause == FAILED_DEADLINE and job.first <= index < job.first + job.count:
+            failed = (index, (DEADLINE_PASSED, reason, self.request_timeout))
+        elif job.count == 1:
+            failed = (job.first, (WORKERS_DIED, reason))
+        if job.count > 1:
+            # One request of the batch may be the culprit: try each (but a failed one) alone.
+            payload = self.wire.open(job.frames, job_id, protocol.REQUESTS)
+            self._submit_each(job.first, self.serializer.decode(payload),
+                              skip=None if failed is None else failed[0])
+        if failed is not None:
+            self._deliver([failed])
 
     def _on_pong(self, incarnation, ping, capacity, held_by_broker, registered, max_frame):
         self.capacity = capacity

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Optional
 import zmq
 
 from . import position, protocol, shm
+from .deadline import check_request_timeout
 from .errors import ProtocolError
 from .liveness import HEARTBEAT_INTERVAL
 from .protocol import ITERATOR_FAILED, OK, Kind, exception_for
@@ -89,11 +90,20 @@ class Task:
         default when ``frontend_address`` is an ``ipc://`` address (on this host); ``False``
         never, ``True`` or a :class:`~pythonflow.pfmq.shm.SharedMemory` with its ``threshold``
         always. Results in shared memory are read whatever this says.
+    request_timeout : float, optional
+        Seconds a worker may evaluate each request; ``None`` (the default) sets no deadline,
+        since long transformations are legitimate. A request that runs longer is given up: the
+        worker stops serving it (a worker process ends and is replaced) and the broker sends it
+        to another worker, up to the broker's ``max_attempts`` times; then it fails with
+        :class:`~pythonflow.pfmq.RequestTimeoutError` (a ``TimeoutError``), handled as
+        ``errors`` says like any failed request, and the stream goes on.
 
     Raises
     ------
     ValueError
         For an option out of range, or a ``resume`` that is not a state of a task like this one.
+    TypeError
+        For a ``request_timeout`` that is not a number.
 
     Notes
     -----
@@ -121,7 +131,7 @@ class Task:
                  target_job_seconds: float = 0.005, max_message_size: Optional[int] = None,
                  context: Optional[zmq.Context] = None, max_retries: Optional[int] = None,
                  max_results: Optional[int] = None, resume: Optional[dict] = None,
-                 shared_memory: shm.Option = None):
+                 shared_memory: shm.Option = None, request_timeout: Optional[float] = None):
         num_retries = _renamed("num_retries", num_retries, 3, "max_retries", max_retries)
         cache_size = _renamed("cache_size", cache_size, 64, "max_results", max_results)
         if errors not in ERRORS:
@@ -135,6 +145,7 @@ class Task:
                              f"{num_retries!r}")
         if seed is not None and not 0 <= seed < 1 << 63:
             raise ValueError("seed must be an integer in [0, 2**63)")
+        self.request_timeout = check_request_timeout(request_timeout)
         first, delivered = (0, []) if resume is None else position.parse(
             resume, ordered, seed, requests)
         self.requests = requests
@@ -152,7 +163,7 @@ class Task:
             requests, check_address(frontend_address), make_serializer(dumps, loads, serializer),
             protocol.Wire(resolve_key(key), courier), context or zmq.Context.instance(), timeout,
             num_retries, cache_size, ordered, seed, heartbeat_interval, max_batch,
-            target_job_seconds, first, delivered)
+            target_job_seconds, first, delivered, self.request_timeout)
         self._io.curve = curve
         self._io.max_message_size = max_message_size
         self._thread = None

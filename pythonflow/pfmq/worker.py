@@ -37,6 +37,7 @@ import zmq
 
 from . import protocol, shm
 from .connections import Heartbeat, Renewal, Session
+from .deadline import DeadlineAction, Watchdog
 from .jobs import Evaluator, GraphTarget, seed_generators
 from .lifecycle import Lifecycle, Service, State
 from .liveness import HEARTBEAT_INTERVAL, HEARTBEAT_LIVENESS
@@ -98,6 +99,15 @@ class Worker(Service):
         Resident memory of the process (bytes, or a size such as ``"2GiB"``) past which the worker
         stops after delivering a request, with a :class:`~pythonflow.pfmq.MemoryLimitError` in
         :attr:`error`; see :mod:`pythonflow.pfmq.memory`.
+    on_deadline : {'rejoin', 'exit'}
+        What the worker does when a request runs past the deadline its task set
+        (``request_timeout``): it tells the broker, which sends the request and every job the
+        worker held elsewhere, and then either waits out of service until the transformation
+        returns, drops its result and signs up again (``'rejoin'``, the default: the worker runs
+        in your process, which it leaves alone), or ends its process with
+        :data:`~pythonflow.pfmq.launch.EXIT_RESTART` so that its supervisor starts another
+        (``'exit'``, what the worker processes of ``LocalCluster`` and ``pfmq worker`` do). See
+        :mod:`pythonflow.pfmq.deadline`.
     context : zmq.Context, optional
         Defaults to the process-wide instance.
     shared_memory : bool or SharedMemory, optional
@@ -118,7 +128,7 @@ class Worker(Service):
                  serializer: Union[Serializer, str, None] = None,
                  curve: Optional[CurveClient] = None, max_message_size: Optional[int] = None,
                  max_memory: Union[int, str, None] = None,
-                 context: Optional[zmq.Context] = None,
+                 on_deadline: str = "rejoin", context: Optional[zmq.Context] = None,
                  shared_memory: shm.Option = None):
         if target is not None and not callable(target):
             raise TypeError(f"target must be callable, not {type(target).__name__}")
@@ -138,6 +148,7 @@ class Worker(Service):
         self.max_message_size = max_message_size
         self.max_memory = None if max_memory is None else parse_size(max_memory)
         self._memory = None if max_memory is None else MemoryLimit(self.max_memory)
+        self.on_deadline = _deadline_action(on_deadline)
         self.context = context or zmq.Context.instance()
         self.routing_id: Optional[bytes] = None  # of the work connection, while signed up
         self.shared_memory = shared_memory
@@ -145,6 +156,7 @@ class Worker(Service):
             shm.resolve(shared_memory, self.address), handoff=True))
         self._log = RateLimitedLogger(LOGGER)
         self._evaluator = Evaluator(self.serializer, self._wire)
+        self._watchdog = self._evaluator.watchdog = Watchdog(self)
         self._wakeup = Wakeup()  # wakes the serving thread
         self._heartbeat_wakeup = Wakeup()  # wakes the heartbeat thread
         self._life = Lifecycle(self._wake)
@@ -327,6 +339,7 @@ class Worker(Service):
                 session.leave(interrupted)
         finally:
             self._session = self.routing_id = None
+            self._watchdog.close()
             self._life.finish()
 
     # -- serving (the serving thread) ------------------------------------------------------------
@@ -358,10 +371,13 @@ class Worker(Service):
                     session = self._renew(session)
                 if session.jobs:
                     self._running = session.jobs.popleft()
-                    session.sock.send_multipart(
-                        self._evaluator.answer(self.target, self._running, self.max_message_size),
-                        copy=False)
+                    frames = self._evaluator.answer(self.target, self._running,
+                                                    self.max_message_size)
                     self._running = None
+                    if frames is None:  # given up at its deadline; the broker was told
+                        self._watchdog.resume(session)
+                        continue
+                    session.sock.send_multipart(frames, copy=False)
                     if self._memory is not None:  # after the delivery: nothing is lost
                         self._stop_if_over_memory(session)
                 else:
@@ -423,6 +439,14 @@ def _retries(num_retries, max_retries):
     if num_retries is not None and (not isinstance(num_retries, int) or num_retries < 1):
         raise ValueError(f"num_retries must be a positive integer or None, not {num_retries!r}")
     return num_retries
+
+
+def _deadline_action(value):
+    try:
+        return DeadlineAction(value)
+    except ValueError:
+        choices = ", ".join(repr(action.value) for action in DeadlineAction)
+        raise ValueError(f"on_deadline must be one of {choices}, not {value!r}") from None
 
 
 def _check_options(timeout, prefetch, heartbeat_interval, heartbeat_liveness):

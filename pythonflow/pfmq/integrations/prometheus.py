@@ -55,12 +55,16 @@ TOTALS = [
     ("duplicates_dropped", "pfmq_duplicate_results", "counter", "Second results dropped."),
     ("dropped", "pfmq_dropped_messages", "counter", "Messages dropped as malformed."),
     ("bad_signatures", "pfmq_bad_signatures", "counter", "Messages with a wrong signature."),
+    ("deadlines_hit", "pfmq_deadlines_hit", "counter",
+     "Requests given up because they ran past their deadline (request_timeout)."),
 ]
 #: The same for each worker, labelled with its id.
 PER_WORKER = [
     ("completed", "pfmq_worker_completed_requests", "counter", "Requests answered by the worker."),
     ("in_flight", "pfmq_worker_in_flight_jobs", "gauge", "Jobs the worker holds."),
     ("capacity", "pfmq_worker_capacity", "gauge", "Requests the worker can hold at once."),
+    ("deadlines_hit", "pfmq_worker_deadlines_hit", "counter",
+     "Requests the worker gave up at their deadline."),
 ]
 
 
