@@ -350,7 +350,7 @@ def test_evaluator_counts_every_request_evaluated_failed_or_not():
         return request
 
     requests = ["a", "bad", "c"]
-    job = read_job((1, 0, 3, False, 0), [b"task", *serializer.encode(requests)])
+    job = read_job((1, 0, 3, False, 0, 0), [b"task", *serializer.encode(requests)])
     kind, _, body = wire.unpack(evaluator.answer(target, job))
     assert kind is protocol.Kind.DONE and evaluator.executed == 3
     outcomes = serializer.decode(body[1:])

@@ -378,6 +378,7 @@ class Worker(Service):
                         self._watchdog.resume(session)
                         continue
                     session.sock.send_multipart(frames, copy=False)
+                    del frames  # its shared memory goes back to the pool once ZeroMQ sent it
                     if self._memory is not None:  # after the delivery: nothing is lost
                         self._stop_if_over_memory(session)
                 else:
