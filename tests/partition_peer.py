@@ -1,6 +1,6 @@
 """The pfmq peers of the partition tests that are not the ``pfmq`` command itself.
 
-Run inside a network namespace (see ``netns.py``)::
+Run inside a network namespace (see :mod:`pythonflow.pfmq.bench.netns`)::
 
     python partition_peer.py consume FRONTEND COUNT [--timeout S] [--num-retries N]
         [--heartbeat-interval S]

@@ -1,6 +1,7 @@
 """Real network partitions: the broker, two workers and a consumer each on a host of their own
-(network namespaces joined by a bridge, see ``netns.py``), all speaking pfmq over TCP; one link is
-cut in the middle of an ordered stream and restored. Every result arrives once, in order."""
+(network namespaces joined by a bridge, see :mod:`pythonflow.pfmq.bench.netns`), all speaking
+pfmq over TCP; one link is cut in the middle of an ordered stream and restored. Every result
+arrives once, in order."""
 import contextlib
 import functools
 import json

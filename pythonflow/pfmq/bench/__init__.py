@@ -17,6 +17,13 @@ The broker-scale benchmark (``python benchmarks/bench_scale.py``) is
 :mod:`~pythonflow.pfmq.bench.scale`: one broker with up to a thousand workers, simulated many to
 a process by :mod:`~pythonflow.pfmq.bench.simulate`; its report and command line are in
 :mod:`~pythonflow.pfmq.bench.scale_report`.
+
+:mod:`~pythonflow.pfmq.bench.netns` puts processes on hosts of their own (network namespaces on
+a bridge) whose links can be cut, for the partition tests and the soak
+(``python benchmarks/soak.py``): :mod:`~pythonflow.pfmq.bench.soak` runs it, with its fault kinds
+and settings in :mod:`~pythonflow.pfmq.bench.soak_settings`, its processes and hosts in
+:mod:`~pythonflow.pfmq.bench.soak_hosts` and :mod:`~pythonflow.pfmq.bench.soak_peer`, its table
+and command line in :mod:`~pythonflow.pfmq.bench.soak_report`.
 """
 from .results import Row, format_table
 from .suite import WORKLOADS, main, run

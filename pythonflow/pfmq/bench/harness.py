@@ -4,6 +4,7 @@ It starts and ends worker processes, checks the number and the sum of the result
 and times the runs; what the workers compute is in :mod:`pythonflow.pfmq.bench.work`.
 """
 import math
+import socket
 import subprocess
 import time
 from typing import Callable, Sequence
@@ -11,6 +12,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 STARTUP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    """A TCP port of loopback that is free now (the system picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def end(process: subprocess.Popen) -> None:

@@ -10,14 +10,13 @@ install it into a cache directory (``--install-pythonflow-030``).
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 from typing import Optional
 
 import numpy as np
 
-from .harness import STARTUP_TIMEOUT, end
+from .harness import STARTUP_TIMEOUT, end, free_port
 
 VERSION = "0.3.0"
 ENVIRONMENT_VARIABLE = "PYTHONFLOW_030"
@@ -74,19 +73,13 @@ def find(directory: Optional[str] = None, install_if_absent: bool = False) -> Op
     return locate(directory) if directory else None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def round_trips(directory: str, count: int) -> np.ndarray:
     """p50/p99 (ms) of ``count`` sequential ``broker.apply`` calls of Pythonflow 0.3.0.
 
     The same request, work and timing as pfmq's W4: the broker and the calls in one process, the
     worker in another, connected over loopback TCP.
     """
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     command = [sys.executable, "-I", PEER, directory, address]
     worker = subprocess.Popen([*command, "worker"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
