@@ -139,7 +139,9 @@ def test_unordered_state_lists_what_was_delivered_above_a_late_request(broker):
         del evaluated[:]
         rest = list(broker.imap(range(12), ordered=False, max_batch=1, resume=state))
     assert sorted(first + rest) == list(range(12))
-    assert sorted(evaluated) == sorted(rest)  # none delivered before ran again
+    # None delivered before ran again. (A job of the cancelled task that a worker had in hand
+    # may still be evaluated meanwhile: never one whose result was delivered.)
+    assert set(rest) <= set(evaluated) and not set(first) & set(evaluated)
 
 
 @pytest.mark.parametrize("generator", [False, True], ids=["list", "generator"])

@@ -303,7 +303,8 @@ def test_a_restored_dataset_continues_where_the_saved_one_stopped(cluster, batch
 
 
 def test_an_abandoned_iteration_cancels_its_task_and_leaves_its_position(cluster):
-    dataset = IterableDataset(cluster, make_requests(40), seed=1)
+    # One request per job and a small cache: the task cannot have read all 40 results ahead.
+    dataset = IterableDataset(cluster, make_requests(40), seed=1, max_batch=1, cache_size=4)
     iterator = iter(dataset)
     next(iterator)
     next(iterator)
