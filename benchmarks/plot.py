@@ -110,6 +110,8 @@ def _short_label(measure: str) -> str:
         return f"{count} worker{'s' if count > 1 else ''}"
     if "latency" in measure:
         return measure.split()[0]  # p50, p99
+    if measure.endswith(")") and " (" in measure:  # "MB/s (LocalCluster, sockets)": "sockets"
+        return measure[measure.index(" (") + 2:-1].split(", ")[-1].replace("pfmq ", "")
     return measure
 
 

@@ -153,7 +153,7 @@ def test_the_chart_data_are_the_figures_of_the_performance_page():
         rows = table_rows(stream.read())
     with open(os.path.join(DOCS, "performance.json"), encoding="utf-8") as stream:
         data = json.load(stream)
-    assert len(rows) == len(data["rows"]) == 18
+    assert len(rows) == len(data["rows"]) >= 18
     for cells, entry in zip(rows, data["rows"]):
         workload, measure, pfmq, baseline, other, ratio, target = cells
         assert (entry["workload"], entry["measure"], entry["baseline"]) == (workload, measure,
