@@ -135,15 +135,25 @@ def resolve(option: Option, address: Optional[str]) -> Optional[SharedMemory]:
     return option
 
 
+_host = (0, b"")  # (pid, id): read once per process, not for every task (apply makes one a call)
+
+
 def _host_id() -> bytes:
     """Names this host and pid namespace: handles only work within both."""
+    global _host
+    pid = os.getpid()
+    if _host[0] == pid:  # a forked child, maybe in a pid namespace of its own, reads it again
+        return _host[1]
     try:
         with open("/proc/sys/kernel/random/boot_id", "rb") as stream:
             boot = stream.read().strip()
         namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
-        return b"\x00" * 16
-    return hashlib.sha256(boot + b":%d" % namespace).digest()[:16]
+        host = b"\x00" * 16
+    else:
+        host = hashlib.sha256(boot + b":%d" % namespace).digest()[:16]
+    _host = (pid, host)
+    return host
 
 
 def _pages(size: int) -> int:
