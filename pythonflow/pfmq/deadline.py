@@ -311,11 +311,7 @@ def on_report(scheduler: "Scheduler", worker: Optional["WorkerRecord"], fields: 
     if worker is None:
         return  # not signed up: it holds nothing here, and the job is not its to blame
     job = worker.jobs.pop((body[0].bytes, job_id), None)
-    others = list(worker.jobs.values())
-    worker.jobs.clear()
-    worker.revoked.clear()  # it answers nothing it held any more
-    scheduler._credit.set(worker, 0)  # until its next READY (kept in the credit index)
-    scheduler._requeue(others)
+    scheduler.withdraw(worker)  # the others go elsewhere, unblamed; no more until its READY
     if job is None:
         return  # revoked meanwhile, or answered elsewhere: nothing to count
     first, count, limit = job.spec[1], job.spec[2], job.spec[5]

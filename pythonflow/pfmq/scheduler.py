@@ -332,6 +332,15 @@ class Scheduler:
         """A worker gave up a request past its deadline (see :mod:`pythonflow.pfmq.deadline`)."""
         deadline.on_report(self, worker, fields, body)
 
+    def withdraw(self, worker: WorkerRecord) -> None:
+        """Send every job ``worker`` holds elsewhere, blaming none, and send it no job until
+        its next ``READY``: it stopped serving them (a request past its deadline)."""
+        jobs = list(worker.jobs.values())
+        worker.jobs.clear()
+        worker.revoked.clear()  # it answers nothing it held any more
+        self._credit.set(worker, 0)
+        self._requeue(jobs)
+
     def _remove_worker(self, worker, died):
         """Forget a worker; the jobs it held are sent again, isolated if it died."""
         del self.workers[worker.id]
